@@ -1,0 +1,154 @@
+"""Tables in, encoded tensors out: CSV, Parquet, DataFrames, arrays, built-ins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from vtss_lightning.data.datamodule import SyntheticAugmentationDataModule
+from vtss_lightning.data.preprocessing import TabularPreprocessor, infer_categorical
+from vtss_lightning.data.sources import check_table_path, read_table, split_target
+from vtss_lightning.errors import VTSSError
+from vtss_lightning.generators.base import SyntheticGenerator
+
+_IN_MEMORY = "<in-memory frame>"
+
+
+class TabularDataModule(SyntheticAugmentationDataModule):
+    """VTSS data from a table: a file, a built-in dataset, or (via the class methods)
+    a DataFrame or arrays.
+
+    Missing values are imputed and numeric columns scaled with statistics of the
+    training rows only; non-numeric (or listed ``categorical``) columns are one-hot
+    encoded. Tensor generators work in that encoded space; SDV generators see the raw
+    columns of their class and their samples are encoded the same way.
+
+    Parameters
+    ----------
+    path
+        CSV or Parquet file with features and the target column.
+    target
+        Name of the label column (any label type). Built-in datasets set it.
+    test_path
+        Optional file with the same columns, used only for the final test metrics.
+    dataset
+        Built-in dataset instead of a file: ``breast_cancer``, ``paper_linear`` or
+        ``paper_nonlinear`` (no download; see :mod:`vtss_lightning.data.builtin`).
+    categorical
+        Columns to treat as categorical; default: every non-numeric column.
+    scale
+        Standardise numeric columns on the training rows.
+    generator, val_fraction, batch_size, synthetic_ratio, seed
+        See :class:`SyntheticAugmentationDataModule`.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        target: str | None = None,
+        test_path: str | None = None,
+        dataset: str | None = None,
+        categorical: list[str] | None = None,
+        scale: bool = True,
+        generator: SyntheticGenerator | None = None,
+        val_fraction: float = 0.2,
+        batch_size: int = 256,
+        synthetic_ratio: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            generator=generator,
+            val_fraction=val_fraction,
+            batch_size=batch_size,
+            synthetic_ratio=synthetic_ratio,
+            seed=seed,
+        )
+        if (path is None) == (dataset is None):
+            raise VTSSError("give exactly one of path= (a CSV/Parquet file) or dataset= (a built-in name)")
+        if path is not None:
+            check_table_path(path, "path")
+            if target is None:
+                raise VTSSError("target= is required with path=: name the label column")
+        if test_path is not None:
+            check_table_path(test_path, "test_path")
+        if dataset is not None:
+            from vtss_lightning.data.builtin import BUILTIN_DATASETS
+
+            if dataset not in (*BUILTIN_DATASETS, _IN_MEMORY):
+                raise VTSSError(f"unknown dataset {dataset!r}; built-in datasets are {', '.join(BUILTIN_DATASETS)}")
+        self.path, self.target, self.test_path, self.dataset = path, target, test_path, dataset
+        self.categorical = categorical
+        self.scale = scale
+        self._frames: tuple[pd.DataFrame, pd.DataFrame | None] | None = None
+
+    @classmethod
+    def from_frame(
+        cls, frame: pd.DataFrame, target: str, test_frame: pd.DataFrame | None = None, **kwargs
+    ) -> TabularDataModule:
+        """Build from in-memory DataFrames (features and target in one frame)."""
+        if not isinstance(frame, pd.DataFrame):
+            raise VTSSError(f"from_frame needs a pandas DataFrame, got {type(frame).__name__}")
+        dm = cls(dataset=_IN_MEMORY, target=target, **kwargs)
+        dm.dataset = None
+        dm._frames = (frame, test_frame)
+        return dm
+
+    @classmethod
+    def from_arrays(
+        cls,
+        x: np.ndarray,
+        y: np.ndarray,
+        x_test: np.ndarray | None = None,
+        y_test: np.ndarray | None = None,
+        **kwargs,
+    ) -> TabularDataModule:
+        """Build from feature matrices and label vectors."""
+        def frame(xa, ya):
+            xa = np.asarray(xa)
+            if xa.ndim != 2:
+                raise VTSSError(f"x must be a 2-D array (rows, features), got shape {xa.shape}")
+            f = pd.DataFrame(xa, columns=[f"x{i + 1}" for i in range(xa.shape[1])])
+            f["target"] = np.asarray(ya)
+            return f
+
+        test = None if x_test is None else frame(x_test, y_test)
+        return cls.from_frame(frame(x, y), target="target", test_frame=test, **kwargs)
+
+    def load_data(self):
+        train, test = self._load_frames()
+        x, y = split_target(train, self.target, "training data")
+        if test is None:
+            return x, y.to_numpy(), None, None
+        x_test, y_test = split_target(test, self.target, "test data")
+        missing = [c for c in x.columns if c not in x_test.columns]
+        if missing:
+            raise VTSSError(f"the test data lacks feature column(s) {missing[:5]}")
+        return x, y.to_numpy(), x_test[list(x.columns)], y_test.to_numpy()
+
+    def _load_frames(self) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        if self._frames is None:
+            if self.dataset is not None:
+                from vtss_lightning.data.builtin import load_builtin
+
+                data = load_builtin(self.dataset, seed=self.seed)
+                self.target = data.target
+                self._frames = (data.train, data.test)
+            else:
+                test = read_table(self.test_path, "test_path") if self.test_path else None
+                self._frames = (read_table(self.path, "path"), test)
+        return self._frames
+
+    def make_preprocessor(self, x_train: pd.DataFrame) -> TabularPreprocessor:
+        categorical = infer_categorical(x_train, self.categorical)
+        return TabularPreprocessor(categorical, scale=self.scale).fit(x_train)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._is_setup:
+            return
+        super().setup(stage)
+        imputed = self.holdout.preprocessor.imputed_columns
+        if imputed:
+            self.notes.append(
+                f"missing values imputed from training rows in column(s): {', '.join(map(str, imputed))}"
+            )
+

@@ -1,0 +1,86 @@
+"""The generator contract every synthetic-data source honours."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, Literal
+
+import pandas as pd
+import torch
+
+from vtss_lightning.data.schema import FeatureSchema
+from vtss_lightning.errors import VTSSError
+
+Rows = torch.Tensor | pd.DataFrame
+
+
+class SyntheticGenerator(ABC):
+    """Learns the rows of one class and samples more rows like them.
+
+    The DataModule fits one instance per minority class on that class's *training*
+    rows only and calls :meth:`sample` once, at the largest candidate size; candidate
+    sizes then take prefixes of that draw.
+
+    ``input_kind`` says which representation the generator works in:
+
+    * ``"tensor"``: the encoded float32 matrix (numeric columns scaled, categorical
+      columns one-hot, see :class:`FeatureSchema`); samples come back as a tensor of
+      the same width, on :attr:`device`.
+    * ``"frame"``: the raw feature ``DataFrame`` (original dtypes, possibly with
+      missing values); samples come back as a ``DataFrame`` with the same columns and
+      are encoded by the DataModule's training-fitted preprocessing.
+    """
+
+    input_kind: ClassVar[Literal["tensor", "frame"]] = "tensor"
+    name: ClassVar[str] = "generator"
+
+    def __init__(self) -> None:
+        self._device = torch.device("cpu")
+        self._fitted = False
+
+    @property
+    def device(self) -> torch.device:
+        """Device the generator trains and samples on."""
+        return self._device
+
+    def to(self, device: torch.device | str) -> SyntheticGenerator:
+        """Move the generator to ``device`` (before :meth:`fit`)."""
+        self._device = torch.device(device)
+        return self
+
+    def fit(self, x: Rows, schema: FeatureSchema | None = None, seed: int = 0) -> SyntheticGenerator:
+        """Learn the distribution of ``x`` (rows of one class, training split only)."""
+        n = len(x)
+        if n < self.min_rows:
+            raise VTSSError(
+                f"{self.name} needs at least {self.min_rows} rows of a class to fit, got {n}"
+            )
+        if isinstance(x, torch.Tensor):
+            x = x.to(self.device, torch.float32)
+            schema = schema or FeatureSchema.all_numeric(x.shape[1])
+        self._fit(x, schema, seed)
+        self._fitted = True
+        return self
+
+    def sample(self, n: int, generator_seed: int) -> Rows:
+        """Return exactly ``n`` new rows; the same seed gives the same rows."""
+        if not self._fitted:
+            raise VTSSError(f"{self.name}.sample() called before fit()")
+        if n < 0:
+            raise VTSSError(f"cannot sample a negative number of rows ({n})")
+        rows = self._sample(int(n), int(generator_seed))
+        if len(rows) != n:
+            raise VTSSError(f"{self.name} returned {len(rows)} rows when {n} were asked for")
+        return rows
+
+    #: fewest rows :meth:`fit` accepts.
+    min_rows: ClassVar[int] = 1
+
+    @abstractmethod
+    def _fit(self, x: Rows, schema: FeatureSchema | None, seed: int) -> None: ...
+
+    @abstractmethod
+    def _sample(self, n: int, seed: int) -> Rows: ...
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

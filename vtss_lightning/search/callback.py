@@ -1,0 +1,170 @@
+"""VTSSCallback: search the synthetic size inside ``trainer.fit``, then train once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+
+from vtss_lightning.errors import VTSSError
+from vtss_lightning.search.engine import SearchEngine
+from vtss_lightning.search.objective import test_metrics
+from vtss_lightning.search.report import VTSSResult
+from vtss_lightning.search.strategies import STRATEGIES, TrainerSettings, make_scorer
+
+REQUIRED_DATA_API = ("class_gaps", "prepare_pool", "set_synthetic_sizes", "make_train_loader")
+
+
+class VTSSCallback(Callback):
+    """Pick the synthetic size with the lowest balanced validation loss, in ``fit``.
+
+    At ``on_fit_start`` every candidate is trained in a fresh inner Trainer (same
+    initial weights, same pool, the outer trainer's device, precision and epoch/step
+    budget; no outer loggers, checkpoints or callbacks; RNG isolated). The outer fit
+    then trains the final model at the chosen size from the untouched initial weights.
+    At ``on_fit_end`` the report (``vtss_report.json``, ``vtss_curve.png``) is written
+    into the trainer's log dir, with test metrics when the DataModule has test data.
+    A fit resumed from a checkpoint restores the search result instead of searching.
+
+    Parameters
+    ----------
+    ratios
+        Shares of each minority class's gap to try; default
+        ``(0, .5, .75, .9, 1, 1.1, 1.25, 1.5, 2)``.
+    sizes
+        Absolute candidates instead: a list of ``{class_label: rows}`` dicts.
+    strategy
+        ``"retrain"`` (exact: every candidate trained from scratch) or ``"finetune"``
+        (cheaper: one fit on real rows, each candidate fine-tuned from it for
+        ``finetune_fraction`` of the budget; may understate large sizes).
+    folds, repeats
+        Stratified (repeated) K-fold selection over train+val rows instead of the
+        hold-out, e.g. ``folds=5, repeats=5`` as in the paper.
+    finetune_fraction
+        Share of the epoch/step budget each fine-tune gets.
+    verbose
+        One progress line per candidate; ``False`` is quiet.
+    seed
+        Seed of every candidate fit.
+    """
+
+    def __init__(
+        self,
+        ratios: list[float] | None = None,
+        sizes: list[dict[str, int]] | None = None,
+        strategy: Literal["retrain", "finetune"] = "retrain",
+        folds: int | None = None,
+        repeats: int = 1,
+        finetune_fraction: float = 0.3,
+        verbose: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if strategy not in STRATEGIES:
+            raise VTSSError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if folds is not None and folds < 2:
+            raise VTSSError(f"folds must be >= 2 (or None for the hold-out), got {folds}")
+        self.ratios, self.sizes = ratios, sizes
+        self.strategy, self.folds, self.repeats = strategy, folds, repeats
+        self.finetune_fraction, self.verbose, self.seed = finetune_fraction, verbose, seed
+        self.result: VTSSResult | None = None
+        self._fit_started: float | None = None
+
+    @property
+    def state_key(self) -> str:
+        return "VTSSCallback"
+
+    # ---------------------------------------------------------------- hooks
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        dm = _vtss_datamodule(trainer)
+        if self.result is None:
+            self.result = run_search(self, dm, pl_module, TrainerSettings.from_trainer(trainer))
+        dm.set_synthetic_sizes(self.result.selected_index_sizes)
+        self._log_curve(trainer)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_started = time.perf_counter()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.result is not None and self._fit_started is not None:
+            self.result.timing["final_fit_seconds"] = time.perf_counter() - self._fit_started
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.result is None or not trainer.is_global_zero:
+            return
+        dm = trainer.datamodule
+        if dm.has_test:
+            self.result.test_metrics = test_metrics(pl_module, dm.x_test, dm.y_test, dm.num_classes)
+        report, _ = self.result.write(report_dir(trainer))
+        if self.verbose:
+            print(f"VTSS report written to {report}", flush=True)
+
+    # --------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"result": None if self.result is None else self.result.to_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        data = state_dict.get("result")
+        self.result = None if data is None else VTSSResult.from_dict(data)
+
+    # -------------------------------------------------------------- logging
+    def _log_curve(self, trainer: pl.Trainer) -> None:
+        import matplotlib.pyplot as plt
+
+        for logger in trainer.loggers:
+            logger.log_metrics({
+                "vtss/selected_ratio": float(self.result.selected_ratio or 0.0),
+                "vtss/selected_val_balanced_loss": float(self.result.selected.val_balanced_loss or 0.0),
+            }, step=0)
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_figure"):
+                experiment.add_figure("vtss/curve", self.result.plot(), global_step=0, close=True)
+        plt.close("all")
+
+
+def run_search(cfg: VTSSCallback, dm, module: pl.LightningModule, settings: TrainerSettings) -> VTSSResult:
+    """Run the engine with the callback's settings; shared with :class:`VTSSTuner`."""
+    sizes = None if cfg.sizes is None else [_sizes_by_index(dm, s) for s in cfg.sizes]
+    engine = SearchEngine(cfg.ratios, sizes, cfg.folds, cfg.repeats, cfg.verbose)
+    scorer = make_scorer(cfg.strategy, module, settings, cfg.seed, cfg.finetune_fraction)
+    result = engine.run(dm, scorer)
+    result.config = {
+        "strategy": cfg.strategy,
+        "ratios": cfg.ratios,
+        "sizes": cfg.sizes,
+        "folds": cfg.folds,
+        "repeats": cfg.repeats,
+        "seed": cfg.seed,
+        "generator": repr(dm.generator),
+        "model": type(module).__name__,
+        "trainer": {k: str(v) for k, v in settings.kwargs.items()},
+    }
+    return result
+
+
+def report_dir(trainer: pl.Trainer) -> Path:
+    """The trainer's log dir (its logger's version folder, else ``default_root_dir``)."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def _vtss_datamodule(trainer: pl.Trainer):
+    dm = getattr(trainer, "datamodule", None)
+    if dm is None or not all(hasattr(dm, a) for a in REQUIRED_DATA_API):
+        raise VTSSError(
+            "VTSSCallback needs a SyntheticAugmentationDataModule (e.g. TabularDataModule) "
+            "passed as trainer.fit(model, datamodule=...)"
+        )
+    return dm
+
+
+def _sizes_by_index(dm, sizes: Mapping[str, int] | Sequence) -> dict[int, int]:
+    names = dm.class_names
+    out = {}
+    for label, m in dict(sizes).items():
+        if str(label) not in names:
+            raise VTSSError(f"sizes name class {label!r}, which is not in the data ({', '.join(names)})")
+        out[names.index(str(label))] = int(m)
+    return out

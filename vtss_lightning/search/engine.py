@@ -1,0 +1,164 @@
+"""The VTSS search loop, independent of how candidates are trained."""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+from vtss_lightning.errors import VTSSError
+from vtss_lightning.search.grid import Candidate, build_candidates, max_sizes
+from vtss_lightning.search.report import CandidateResult, VTSSResult
+from vtss_lightning.search.strategies import Scorer
+
+#: Losses closer than this (relative) count as a tie, which goes to the smaller size.
+TIE_TOLERANCE = 1e-9
+
+
+class SearchEngine:
+    """Try every candidate size on every split and pick the lowest balanced loss.
+
+    Parameters
+    ----------
+    ratios
+        Shares of each minority class's gap to try (default :data:`DEFAULT_RATIOS`).
+    sizes
+        Absolute per-class candidate sizes (class index -> rows) instead of ratios.
+    folds, repeats
+        Stratified (repeated) K-fold selection over the development rows instead of
+        the DataModule's hold-out; sizes are rescaled to each fold's gap.
+    verbose
+        Print one line per candidate.
+    """
+
+    def __init__(
+        self,
+        ratios: Sequence[float] | None = None,
+        sizes: Sequence[Mapping[int, int]] | None = None,
+        folds: int | None = None,
+        repeats: int = 1,
+        verbose: bool = True,
+    ) -> None:
+        if repeats < 1:
+            raise VTSSError(f"repeats must be >= 1, got {repeats}")
+        self.ratios, self.sizes = ratios, sizes
+        self.folds, self.repeats = folds, repeats
+        self.verbose = verbose
+
+    def run(self, dm, scorer: Scorer) -> VTSSResult:
+        start = time.perf_counter()
+        holdout_gaps = dm.class_gaps()
+        if not any(g > 0 for g in holdout_gaps.values()):
+            return self._balanced_result(dm, start)
+        candidates = build_candidates(holdout_gaps, self.ratios, self.sizes)
+        splits = [None] if self.folds is None else list(dm.fold_indices(self.folds, self.repeats))
+        losses = [[math.nan] * len(splits) for _ in candidates]
+        seconds = [0.0] * len(candidates)
+        for s, split in enumerate(splits):
+            ctx = nullcontext() if split is None else dm.use_split(*split)
+            with ctx:
+                gaps = dm.class_gaps()
+                dm.prepare_pool(max_sizes(candidates, gaps))
+                scorer.begin_split(dm)
+                for i, cand in enumerate(candidates):
+                    t0 = time.perf_counter()
+                    loss = scorer.score(dm, cand.sizes(gaps))
+                    seconds[i] += time.perf_counter() - t0
+                    losses[i][s] = loss if math.isfinite(loss) else math.nan
+                    if self.verbose and split is None:
+                        self._progress(dm, i, len(candidates), cand, holdout_gaps, loss, seconds[i])
+                if self.verbose and split is not None:
+                    best = min(range(len(candidates)), key=lambda i: _nan_last(losses[i][s]))
+                    self._say(f"VTSS {split[0]}: best ratio here {_ratio_text(candidates[best])}")
+        results = [
+            self._candidate_result(dm, cand, holdout_gaps, row, secs)
+            for cand, row, secs in zip(candidates, losses, seconds, strict=True)
+        ]
+        chosen = select(results)
+        chosen_cand = candidates[results.index(chosen)]
+        result = VTSSResult(
+            candidates=results,
+            selected_ratio=chosen.ratio,
+            selected_sizes=dict(chosen.sizes),
+            selected_index_sizes=chosen_cand.sizes(holdout_gaps),
+            diagnostics=self._diagnostics(dm, holdout_gaps, len(splits)),
+            timing={"search_seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb()},
+        )
+        if self.verbose:
+            self._say(result.summary())
+        return result
+
+    # ---------------------------------------------------------------- helpers
+    def _candidate_result(self, dm, cand: Candidate, gaps, row: list[float], secs: float) -> CandidateResult:
+        failed = any(math.isnan(v) for v in row)
+        return CandidateResult(
+            ratio=cand.ratio,
+            sizes=_named(dm, cand.sizes(gaps)),
+            val_balanced_loss=None if failed else sum(row) / len(row),
+            fold_losses=[None if math.isnan(v) else v for v in row] if len(row) > 1 else [],
+            seconds=secs,
+            status="failed: non-finite validation loss" if failed else "ok",
+        )
+
+    def _diagnostics(self, dm, gaps: Mapping[int, int], n_splits: int) -> dict[str, Any]:
+        counts = dm.holdout.class_counts
+        return {
+            "class_counts_train": {name: counts[k] for k, name in enumerate(dm.class_names)},
+            "gaps": _named(dm, {k: g for k, g in gaps.items() if g > 0}),
+            "validation": "holdout" if self.folds is None else f"{self.repeats}x{self.folds}-fold",
+            "n_splits": n_splits,
+            "notes": list(dm.notes),
+        }
+
+    def _balanced_result(self, dm, start: float) -> VTSSResult:
+        note = "classes are already balanced (gap 0): no synthetic rows are needed"
+        if self.verbose:
+            self._say(f"VTSS: {note}")
+        empty = CandidateResult(ratio=0.0, sizes={}, val_balanced_loss=None, status="skipped: no gap")
+        diagnostics = self._diagnostics(dm, {}, 0)
+        diagnostics["notes"].append(note)
+        return VTSSResult([empty], 0.0, {}, {}, diagnostics=diagnostics,
+                          timing={"search_seconds": time.perf_counter() - start})
+
+    def _progress(self, dm, i, n, cand, gaps, loss, secs) -> None:
+        sizes = ", ".join(f"{k}: {v}" for k, v in _named(dm, cand.sizes(gaps)).items())
+        self._say(
+            f"VTSS [{i + 1}/{n}] ratio {_ratio_text(cand)}  sizes {{{sizes}}}  "
+            f"val balanced loss {loss:.4f}  ({secs:.1f} s)"
+        )
+
+    @staticmethod
+    def _say(line: str) -> None:
+        print(line, file=sys.stdout, flush=True)
+
+
+def select(results: Sequence[CandidateResult]) -> CandidateResult:
+    """Lowest balanced validation loss; near-ties go to the smaller total size."""
+    ok = [c for c in results if c.val_balanced_loss is not None]
+    if not ok:
+        raise VTSSError("every candidate failed (non-finite validation loss); lower the learning rate")
+    best = min(c.val_balanced_loss for c in ok)
+    tol = TIE_TOLERANCE * max(1.0, abs(best))
+    tied = [c for c in ok if c.val_balanced_loss - best <= tol]
+    return min(tied, key=lambda c: c.total_size)
+
+
+def _named(dm, sizes: Mapping[int, int]) -> dict[str, int]:
+    names = dm.class_names
+    return {names[k]: int(v) for k, v in sorted(sizes.items())}
+
+
+def _ratio_text(cand: Candidate) -> str:
+    return "custom" if cand.ratio is None else f"{cand.ratio:g}"
+
+
+def _nan_last(v: float) -> float:
+    return math.inf if math.isnan(v) else v
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

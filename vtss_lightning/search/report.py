@@ -1,0 +1,156 @@
+"""The search result: what was tried, what won, and the files a user reads."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPORT_NAME = "vtss_report.json"
+CURVE_NAME = "vtss_curve.png"
+
+
+@dataclass
+class CandidateResult:
+    """One candidate size and its balanced validation loss (mean over splits)."""
+
+    ratio: float | None
+    sizes: dict[str, int]
+    val_balanced_loss: float | None
+    fold_losses: list[float | None] = field(default_factory=list)
+    seconds: float = 0.0
+    status: str = "ok"
+
+    @property
+    def total_size(self) -> int:
+        return sum(self.sizes.values())
+
+
+@dataclass
+class VTSSResult:
+    """Outcome of a VTSS search, serialisable to the report contract in DESIGN.md.
+
+    Sizes are keyed by the class label as text (``{"malignant": 240}``); the class
+    indices the DataModule uses are kept in ``selected_index_sizes``.
+    """
+
+    candidates: list[CandidateResult]
+    selected_ratio: float | None
+    selected_sizes: dict[str, int]
+    selected_index_sizes: dict[int, int]
+    test_metrics: dict[str, float] | None = None
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def selected(self) -> CandidateResult:
+        return next(c for c in self.candidates if c.sizes == self.selected_sizes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "selected_ratio": self.selected_ratio,
+            "selected_sizes": dict(self.selected_sizes),
+            "candidates": [asdict(c) for c in self.candidates],
+            "diagnostics": self.diagnostics,
+            "timing": self.timing,
+            "config": self.config,
+            "selected_index_sizes": {str(k): v for k, v in self.selected_index_sizes.items()},
+        }
+        if self.test_metrics is not None:
+            out["test_metrics"] = self.test_metrics
+        return _finite_or_none(out)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VTSSResult:
+        return cls(
+            candidates=[CandidateResult(**c) for c in data["candidates"]],
+            selected_ratio=data["selected_ratio"],
+            selected_sizes=dict(data["selected_sizes"]),
+            selected_index_sizes={int(k): int(v) for k, v in data["selected_index_sizes"].items()},
+            test_metrics=data.get("test_metrics"),
+            diagnostics=data.get("diagnostics", {}),
+            timing=data.get("timing", {}),
+            config=data.get("config", {}),
+        )
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    def plot(self, path: str | Path | None = None):
+        """Balanced validation loss against synthetic size, the chosen point marked."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        ok = [c for c in self.candidates if c.val_balanced_loss is not None]
+        use_ratio = all(c.ratio is not None for c in ok)
+        xs = [c.ratio if use_ratio else c.total_size for c in ok]
+        ys = [c.val_balanced_loss for c in ok]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(xs, ys, "o-", color="tab:blue", label="balanced validation loss")
+        spreads = [_sd(c.fold_losses) for c in ok]
+        if any(s > 0 for s in spreads):
+            ax.errorbar(xs, ys, yerr=spreads, fmt="none", ecolor="tab:blue", alpha=0.4)
+        sel = self.selected
+        sx = sel.ratio if use_ratio else sel.total_size
+        ax.plot([sx], [sel.val_balanced_loss], "*", color="tab:red", markersize=16,
+                label=f"selected: {_fmt_sizes(self.selected_sizes)}")
+        if use_ratio:
+            ax.axvline(1.0, color="grey", linestyle=":", linewidth=1, label="full balance")
+        ax.set_xlabel("synthetic ratio (share of each class's gap)" if use_ratio else "synthetic rows")
+        ax.set_ylabel("balanced validation log loss")
+        ax.set_title("VTSS: validation-tuned synthetic size")
+        ax.legend(loc="best", fontsize=8)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=110)
+        return fig
+
+    def write(self, directory: str | Path) -> tuple[Path, Path]:
+        """Write ``vtss_report.json`` and ``vtss_curve.png`` into ``directory``."""
+        import matplotlib.pyplot as plt
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        report, curve = directory / REPORT_NAME, directory / CURVE_NAME
+        self.to_json(report)
+        plt.close(self.plot(curve))
+        return report, curve
+
+    def summary(self) -> str:
+        sel = self.selected
+        ratio = "" if self.selected_ratio is None else f"ratio {self.selected_ratio:g}, "
+        return (
+            f"VTSS selected {ratio}sizes {_fmt_sizes(self.selected_sizes)} "
+            f"(balanced val loss {sel.val_balanced_loss:.4f} over {len(self.candidates)} candidates)"
+        )
+
+
+def _fmt_sizes(sizes: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sizes.items()) or "none"
+
+
+def _sd(values: list[float | None]) -> float:
+    vals = [v for v in values if v is not None]
+    if len(vals) < 2:
+        return 0.0
+    mean = sum(vals) / len(vals)
+    return math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """JSON has no NaN: non-finite floats become ``null``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_or_none(v) for v in obj]
+    return obj

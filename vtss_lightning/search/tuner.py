@@ -1,0 +1,42 @@
+"""VTSSTuner: the same search outside ``fit``, returning the result object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+
+from vtss_lightning.search.callback import VTSSCallback, run_search
+from vtss_lightning.search.report import VTSSResult
+from vtss_lightning.search.strategies import TrainerSettings
+
+
+class VTSSTuner:
+    """Search the synthetic size without an outer ``fit``, like Lightning's ``Tuner``.
+
+    ``VTSSTuner({"max_epochs": 30}).search(model, dm)`` trains every candidate with
+    those trainer settings, leaves ``dm`` set to the chosen sizes and ``model`` at its
+    initial weights, and returns the :class:`VTSSResult`. A following
+    ``trainer.fit(model, datamodule=dm)`` trains the final model.
+
+    Parameters
+    ----------
+    trainer_kwargs
+        Settings of each candidate's Trainer: ``accelerator``, ``devices``,
+        ``precision``, ``max_epochs``/``max_steps``, gradient clipping, accumulation.
+    **search_kwargs
+        Any :class:`VTSSCallback` argument (``ratios``, ``strategy``, ``folds``, ...).
+    """
+
+    def __init__(self, trainer_kwargs: dict[str, Any] | None = None, **search_kwargs: Any) -> None:
+        self.settings = TrainerSettings.from_kwargs(trainer_kwargs)
+        self.config = VTSSCallback(**search_kwargs)
+
+    def search(self, model: pl.LightningModule, datamodule) -> VTSSResult:
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        if hasattr(model, "configure_from_data"):
+            model.configure_from_data(datamodule)
+        result = run_search(self.config, datamodule, model, self.settings)
+        datamodule.set_synthetic_sizes(result.selected_index_sizes)
+        return result
