@@ -45,6 +45,7 @@ def split_target(frame: pd.DataFrame, target: str, what: str = "data") -> tuple[
         cols = ", ".join(map(str, list(frame.columns)[:10]))
         raise VTSSError(f"target column {target!r} not found in the {what}; columns are: {cols}")
     features = frame.drop(columns=[target])
+    features.columns = [str(c) for c in features.columns]
     if features.shape[1] == 0:
         raise VTSSError(f"the {what} has no feature columns besides the target {target!r}")
     return features.reset_index(drop=True), frame[target].reset_index(drop=True)

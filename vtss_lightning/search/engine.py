@@ -78,6 +78,10 @@ class SearchEngine:
             self._candidate_result(dm, cand, holdout_gaps, row, secs)
             for cand, row, secs in zip(candidates, losses, seconds, strict=True)
         ]
+        if self.verbose and self.folds is not None:
+            for i, (cand, res) in enumerate(zip(candidates, results, strict=True)):
+                mean = math.nan if res.val_balanced_loss is None else res.val_balanced_loss
+                self._progress(dm, i, len(candidates), cand, holdout_gaps, mean, res.seconds)
         chosen = select(results)
         chosen_cand = candidates[results.index(chosen)]
         result = VTSSResult(
@@ -128,7 +132,7 @@ class SearchEngine:
         sizes = ", ".join(f"{k}: {v}" for k, v in _named(dm, cand.sizes(gaps)).items())
         self._say(
             f"VTSS [{i + 1}/{n}] ratio {_ratio_text(cand)}  sizes {{{sizes}}}  "
-            f"val balanced loss {loss:.4f}  ({secs:.1f} s)"
+            f"val balanced loss {loss:.4f}{'' if self.folds is None else ' (mean over folds)'}  ({secs:.1f} s)"
         )
 
     @staticmethod
