@@ -48,7 +48,9 @@ class SyntheticGenerator(ABC):
         self._device = torch.device(device)
         return self
 
-    def fit(self, x: Rows, schema: FeatureSchema | None = None, seed: int = 0) -> SyntheticGenerator:
+    def fit(
+        self, x: Rows, schema: FeatureSchema | None = None, seed: int = 0
+    ) -> SyntheticGenerator:
         """Learn the distribution of ``x`` (rows of one class, training split only)."""
         n = len(x)
         if n < self.min_rows:

@@ -124,7 +124,9 @@ class TabularClassifier(pl.LightningModule):
         if self.full_batch and self.hparams.weight_decay > 0:
             weights = [m.weight for m in self.net.modules() if isinstance(m, nn.Linear)]
             loss = loss + 0.5 * self.hparams.weight_decay * sum(w.pow(2).sum() for w in weights)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        if self.trainer.loggers or self.trainer.progress_bar_callback is not None:
+            # Skipped in VTSS's inner fits (no logger, no bar): logging dominates tiny steps.
+            self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx):

@@ -127,9 +127,10 @@ class VTSSResult:
     def summary(self) -> str:
         sel = self.selected
         ratio = "" if self.selected_ratio is None else f"ratio {self.selected_ratio:g}, "
+        loss = "n/a" if sel.val_balanced_loss is None else f"{sel.val_balanced_loss:.4f}"
         return (
             f"VTSS selected {ratio}sizes {_fmt_sizes(self.selected_sizes)} "
-            f"(balanced val loss {sel.val_balanced_loss:.4f} over {len(self.candidates)} candidates)"
+            f"(balanced val loss {loss} over {len(self.candidates)} candidates)"
         )
 
 
