@@ -5,7 +5,11 @@ from vtss_lightning.errors import VTSSError
 from vtss_lightning.search import VTSSCallback, VTSSResult, VTSSTuner
 
 __all__ = [
-    "SyntheticAugmentationDataModule", "TabularDataModule", "VTSSCallback", "VTSSError",
-    "VTSSResult", "VTSSTuner",
+    "SyntheticAugmentationDataModule",
+    "TabularDataModule",
+    "VTSSCallback",
+    "VTSSError",
+    "VTSSResult",
+    "VTSSTuner",
 ]
 __version__ = "0.1.0"

@@ -46,7 +46,9 @@ class IdentityPreprocessor:
             x = torch.as_tensor(x.to_numpy(dtype=np.float32))
         x = x.reshape(len(x), -1).to(torch.float32)
         if not torch.isfinite(x).all():
-            raise VTSSError("features contain NaN or ±inf values; clean them or use TabularDataModule")
+            raise VTSSError(
+                "features contain NaN or ±inf values; clean them or use TabularDataModule"
+            )
         return x
 
 
@@ -125,7 +127,12 @@ class SyntheticAugmentationDataModule(pl.LightningDataModule):
         x, y, x_test, y_test = self._raw
         if x is None or y is None:
             raise VTSSError("SyntheticAugmentationDataModule needs x and y")
-        return _as_features(x), np.asarray(y), _maybe(x_test), None if y_test is None else np.asarray(y_test)
+        return (
+            _as_features(x),
+            np.asarray(y),
+            _maybe(x_test),
+            None if y_test is None else np.asarray(y_test),
+        )
 
     def make_preprocessor(self, x_train: Features):
         """Preprocessing fitted on training rows; override for tables or images."""
@@ -145,7 +152,9 @@ class SyntheticAugmentationDataModule(pl.LightningDataModule):
         self._encoder = LabelEncoder().fit(_label_keys(y))
         self.classes_ = self._encoder.classes_
         if len(self.classes_) < 2:
-            raise VTSSError(f"the target has only one class ({self.classes_[0]!r}); need at least two")
+            raise VTSSError(
+                f"the target has only one class ({self.classes_[0]!r}); need at least two"
+            )
         self._x_dev, self._y_dev = x, self._encode_labels(y)
         counts = np.bincount(self._y_dev, minlength=self.num_classes)
         for k, n in enumerate(counts):
@@ -178,10 +187,14 @@ class SyntheticAugmentationDataModule(pl.LightningDataModule):
         keys = _label_keys(y)
         unknown = sorted(set(keys) - set(self.classes_.tolist()))
         if unknown:
-            raise VTSSError(f"the {what} labels contain classes never seen in training: {unknown[:5]}")
+            raise VTSSError(
+                f"the {what} labels contain classes never seen in training: {unknown[:5]}"
+            )
         return self._encoder.transform(keys).astype(np.int64)
 
-    def _prepare_split(self, name: str, train_idx: np.ndarray, val_idx: np.ndarray) -> PreparedSplit:
+    def _prepare_split(
+        self, name: str, train_idx: np.ndarray, val_idx: np.ndarray
+    ) -> PreparedSplit:
         x_train_raw = _take(self._x_dev, train_idx)
         preprocessor = self.make_preprocessor(x_train_raw)
         return PreparedSplit(
@@ -198,7 +211,9 @@ class SyntheticAugmentationDataModule(pl.LightningDataModule):
 
     def _require_setup(self) -> PreparedSplit:
         if self.active is None:
-            raise VTSSError("the DataModule is not set up yet; call setup() or pass it to trainer.fit")
+            raise VTSSError(
+                "the DataModule is not set up yet; call setup() or pass it to trainer.fit"
+            )
         return self.active
 
     # --------------------------------------------------------------- properties
@@ -243,7 +258,9 @@ class SyntheticAugmentationDataModule(pl.LightningDataModule):
             yield f"fold {i // folds + 1}.{i % folds + 1}", tr, va
 
     @contextmanager
-    def use_split(self, name: str, train_idx: np.ndarray, val_idx: np.ndarray) -> Iterator[PreparedSplit]:
+    def use_split(
+        self, name: str, train_idx: np.ndarray, val_idx: np.ndarray
+    ) -> Iterator[PreparedSplit]:
         """Temporarily make a fold the active split (its own preprocessing and pool)."""
         previous = self._require_setup()
         self.active = self._prepare_split(name, train_idx, val_idx)
@@ -294,16 +311,22 @@ class SyntheticAugmentationDataModule(pl.LightningDataModule):
             )
         return generator.fit(rows, split.preprocessor.schema, seed=self.seed * 1009 + k)
 
-    def _sample(self, split: PreparedSplit, generator: SyntheticGenerator, k: int, m: int) -> torch.Tensor:
+    def _sample(
+        self, split: PreparedSplit, generator: SyntheticGenerator, k: int, m: int
+    ) -> torch.Tensor:
         rows = generator.sample(m, generator_seed=self.seed * 7919 + k)
         if isinstance(rows, pd.DataFrame):
             rows = split.preprocessor.transform(rows)
         rows = torch.as_tensor(rows, dtype=torch.float32).reshape(m, -1).to(self._device)
         width = split.x_train.shape[1]
         if rows.shape != (m, width):
-            raise VTSSError(f"{generator.name} returned rows of shape {tuple(rows.shape)}, expected ({m}, {width})")
+            raise VTSSError(
+                f"{generator.name} returned rows of shape {tuple(rows.shape)}, expected ({m}, {width})"
+            )
         if not torch.isfinite(rows).all():
-            raise VTSSError(f"{generator.name} returned non-finite values for class {self.classes_[k]!r}")
+            raise VTSSError(
+                f"{generator.name} returned non-finite values for class {self.classes_[k]!r}"
+            )
         return rows
 
     def sizes_for_ratio(self, ratio: float) -> dict[int, int]:
@@ -335,7 +358,9 @@ class SyntheticAugmentationDataModule(pl.LightningDataModule):
         return dict(self._sizes)
 
     # ---------------------------------------------------------------- loaders
-    def training_tensors(self, sizes: Mapping[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_tensors(
+        self, sizes: Mapping[int, int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Real training rows followed by the pool prefix at ``sizes``."""
         split = self._require_setup()
         sizes = self.synthetic_sizes if sizes is None else dict(sizes)
@@ -344,10 +369,14 @@ class SyntheticAugmentationDataModule(pl.LightningDataModule):
             return torch.cat([split.x_train, synth_x]), torch.cat([split.y_train, synth_y])
         return split.x_train, split.y_train
 
-    def make_train_loader(self, sizes: Mapping[int, int] | None = None, full_batch: bool = False) -> TensorBatches:
+    def make_train_loader(
+        self, sizes: Mapping[int, int] | None = None, full_batch: bool = False
+    ) -> TensorBatches:
         """Shuffled ERM batches over real + synthetic rows (plain, unweighted union)."""
         x, y = self.training_tensors(sizes)
-        return TensorBatches(x, y, None if full_batch else self.batch_size, shuffle=True, seed=self.seed)
+        return TensorBatches(
+            x, y, None if full_batch else self.batch_size, shuffle=True, seed=self.seed
+        )
 
     def _follow_trainer_device(self) -> None:
         if self.trainer is not None and self.trainer.strategy.root_device != self._device:

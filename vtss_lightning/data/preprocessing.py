@@ -21,8 +21,11 @@ def infer_categorical(frame: pd.DataFrame, categorical: list[str] | None = None)
         if missing:
             raise VTSSError(f"categorical column(s) {missing} not found in the data")
         return list(categorical)
-    return [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])
-            or pd.api.types.is_bool_dtype(frame[c])]
+    return [
+        c
+        for c in frame.columns
+        if not pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c])
+    ]
 
 
 class TabularPreprocessor:
@@ -55,7 +58,9 @@ class TabularPreprocessor:
         for col in numeric:
             values = frame[col].to_numpy(dtype=np.float64)
             if np.isinf(values).any():
-                raise VTSSError(f"column {col!r} contains ±inf values; replace them or drop the rows")
+                raise VTSSError(
+                    f"column {col!r} contains ±inf values; replace them or drop the rows"
+                )
         self.imputed_columns = [c for c in self.columns if frame[c].isna().any()]
         num_steps: list = [("impute", SimpleImputer(strategy="median", keep_empty_features=True))]
         if self.scale:
@@ -97,6 +102,8 @@ class TabularPreprocessor:
                 groups.append(tuple(range(start, start + len(cats))))
                 start += len(cats)
         return FeatureSchema(
-            n_features=len(names), numeric=tuple(range(n_num)),
-            categorical_groups=tuple(groups), names=names,
+            n_features=len(names),
+            numeric=tuple(range(n_num)),
+            categorical_groups=tuple(groups),
+            names=names,
         )

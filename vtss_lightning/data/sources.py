@@ -39,7 +39,9 @@ def read_table(path: str | Path, what: str = "path") -> pd.DataFrame:
     return frame
 
 
-def split_target(frame: pd.DataFrame, target: str, what: str = "data") -> tuple[pd.DataFrame, pd.Series]:
+def split_target(
+    frame: pd.DataFrame, target: str, what: str = "data"
+) -> tuple[pd.DataFrame, pd.Series]:
     """Separate the target column from the features."""
     if target not in frame.columns:
         cols = ", ".join(map(str, list(frame.columns)[:10]))

@@ -64,7 +64,9 @@ class TabularDataModule(SyntheticAugmentationDataModule):
             seed=seed,
         )
         if (path is None) == (dataset is None):
-            raise VTSSError("give exactly one of path= (a CSV/Parquet file) or dataset= (a built-in name)")
+            raise VTSSError(
+                "give exactly one of path= (a CSV/Parquet file) or dataset= (a built-in name)"
+            )
         if path is not None:
             check_table_path(path, "path")
             if target is None:
@@ -75,7 +77,9 @@ class TabularDataModule(SyntheticAugmentationDataModule):
             from vtss_lightning.data.builtin import BUILTIN_DATASETS
 
             if dataset not in (*BUILTIN_DATASETS, _IN_MEMORY):
-                raise VTSSError(f"unknown dataset {dataset!r}; built-in datasets are {', '.join(BUILTIN_DATASETS)}")
+                raise VTSSError(
+                    f"unknown dataset {dataset!r}; built-in datasets are {', '.join(BUILTIN_DATASETS)}"
+                )
         self.path, self.target, self.test_path, self.dataset = path, target, test_path, dataset
         self.categorical = categorical
         self.scale = scale
@@ -103,6 +107,7 @@ class TabularDataModule(SyntheticAugmentationDataModule):
         **kwargs,
     ) -> TabularDataModule:
         """Build from feature matrices and label vectors."""
+
         def frame(xa, ya):
             xa = np.asarray(xa)
             if xa.ndim != 2:
@@ -151,4 +156,3 @@ class TabularDataModule(SyntheticAugmentationDataModule):
             self.notes.append(
                 f"missing values imputed from training rows in column(s): {', '.join(map(str, imputed))}"
             )
-

@@ -109,7 +109,9 @@ class TabularClassifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape ``(N, num_classes)``."""
         if self.net is None:
-            raise VTSSError("the model is not built yet; fit it with a VTSS DataModule or call build()")
+            raise VTSSError(
+                "the model is not built yet; fit it with a VTSS DataModule or call build()"
+            )
         z = self.net(x)
         if self.num_classes == 2:
             return torch.cat([torch.zeros_like(z), z], dim=1)
@@ -152,6 +154,9 @@ class TabularClassifier(pl.LightningModule):
         decay = [p for n, p in self.named_parameters() if p.ndim > 1]
         no_decay = [p for n, p in self.named_parameters() if p.ndim <= 1]
         return torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [
+                {"params": decay, "weight_decay": hp.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
             lr=hp.lr or 1e-3,
         )

@@ -7,6 +7,13 @@ from vtss_lightning.search.report import CandidateResult, VTSSResult
 from vtss_lightning.search.tuner import VTSSTuner
 
 __all__ = [
-    "DEFAULT_RATIOS", "Candidate", "CandidateResult", "SearchEngine", "VTSSCallback", "VTSSResult",
-    "VTSSTuner", "build_candidates", "select",
+    "DEFAULT_RATIOS",
+    "Candidate",
+    "CandidateResult",
+    "SearchEngine",
+    "VTSSCallback",
+    "VTSSResult",
+    "VTSSTuner",
+    "build_candidates",
+    "select",
 ]

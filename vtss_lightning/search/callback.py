@@ -115,17 +115,24 @@ class VTSSCallback(Callback):
         import matplotlib.pyplot as plt
 
         for logger in trainer.loggers:
-            logger.log_metrics({
-                "vtss/selected_ratio": float(self.result.selected_ratio or 0.0),
-                "vtss/selected_val_balanced_loss": float(self.result.selected.val_balanced_loss or 0.0),
-            }, step=0)
+            logger.log_metrics(
+                {
+                    "vtss/selected_ratio": float(self.result.selected_ratio or 0.0),
+                    "vtss/selected_val_balanced_loss": float(
+                        self.result.selected.val_balanced_loss or 0.0
+                    ),
+                },
+                step=0,
+            )
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_figure"):
                 experiment.add_figure("vtss/curve", self.result.plot(), global_step=0, close=True)
         plt.close("all")
 
 
-def run_search(cfg: VTSSCallback, dm, module: pl.LightningModule, settings: TrainerSettings) -> VTSSResult:
+def run_search(
+    cfg: VTSSCallback, dm, module: pl.LightningModule, settings: TrainerSettings
+) -> VTSSResult:
     """Run the engine with the callback's settings; shared with :class:`VTSSTuner`."""
     sizes = None if cfg.sizes is None else [_sizes_by_index(dm, s) for s in cfg.sizes]
     engine = SearchEngine(cfg.ratios, sizes, cfg.folds, cfg.repeats, cfg.verbose)
@@ -165,6 +172,8 @@ def _sizes_by_index(dm, sizes: Mapping[str, int] | Sequence) -> dict[int, int]:
     out = {}
     for label, m in dict(sizes).items():
         if str(label) not in names:
-            raise VTSSError(f"sizes name class {label!r}, which is not in the data ({', '.join(names)})")
+            raise VTSSError(
+                f"sizes name class {label!r}, which is not in the data ({', '.join(names)})"
+            )
         out[names.index(str(label))] = int(m)
     return out

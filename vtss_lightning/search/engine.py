@@ -97,7 +97,9 @@ class SearchEngine:
         return result
 
     # ---------------------------------------------------------------- helpers
-    def _candidate_result(self, dm, cand: Candidate, gaps, row: list[float], secs: float) -> CandidateResult:
+    def _candidate_result(
+        self, dm, cand: Candidate, gaps, row: list[float], secs: float
+    ) -> CandidateResult:
         failed = any(math.isnan(v) for v in row)
         return CandidateResult(
             ratio=cand.ratio,
@@ -122,11 +124,19 @@ class SearchEngine:
         note = "classes are already balanced (gap 0): no synthetic rows are needed"
         if self.verbose:
             self._say(f"VTSS: {note}")
-        empty = CandidateResult(ratio=0.0, sizes={}, val_balanced_loss=None, status="skipped: no gap")
+        empty = CandidateResult(
+            ratio=0.0, sizes={}, val_balanced_loss=None, status="skipped: no gap"
+        )
         diagnostics = self._diagnostics(dm, {}, 0)
         diagnostics["notes"].append(note)
-        return VTSSResult([empty], 0.0, {}, {}, diagnostics=diagnostics,
-                          timing={"search_seconds": time.perf_counter() - start})
+        return VTSSResult(
+            [empty],
+            0.0,
+            {},
+            {},
+            diagnostics=diagnostics,
+            timing={"search_seconds": time.perf_counter() - start},
+        )
 
     def _progress(self, dm, i, n, cand, gaps, loss, secs) -> None:
         sizes = ", ".join(f"{k}: {v}" for k, v in _named(dm, cand.sizes(gaps)).items())
@@ -144,7 +154,9 @@ def select(results: Sequence[CandidateResult]) -> CandidateResult:
     """Lowest balanced validation loss; near-ties go to the smaller total size."""
     ok = [c for c in results if c.val_balanced_loss is not None]
     if not ok:
-        raise VTSSError("every candidate failed (non-finite validation loss); lower the learning rate")
+        raise VTSSError(
+            "every candidate failed (non-finite validation loss); lower the learning rate"
+        )
     best = min(c.val_balanced_loss for c in ok)
     tol = TIE_TOLERANCE * max(1.0, abs(best))
     tied = [c for c in ok if c.val_balanced_loss - best <= tol]

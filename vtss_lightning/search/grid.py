@@ -27,7 +27,9 @@ class Candidate:
 
     def sizes(self, gaps: Mapping[int, int]) -> dict[int, int]:
         return {
-            k: int(np.floor(f * gaps.get(k, 0) + 0.5)) for k, f in self.fractions.items() if gaps.get(k, 0) > 0
+            k: int(np.floor(f * gaps.get(k, 0) + 0.5))
+            for k, f in self.fractions.items()
+            if gaps.get(k, 0) > 0
         }
 
 
@@ -50,7 +52,9 @@ def build_candidates(
         for cand in sizes:
             unknown = set(cand) - set(minority)
             if unknown:
-                raise VTSSError(f"sizes name class indices {sorted(unknown)} that are not minority classes")
+                raise VTSSError(
+                    f"sizes name class indices {sorted(unknown)} that are not minority classes"
+                )
             if any(int(m) < 0 for m in cand.values()):
                 raise VTSSError(f"candidate sizes must be >= 0, got {dict(cand)}")
             out.append(Candidate(None, {k: int(cand.get(k, 0)) / g for k, g in minority.items()}))

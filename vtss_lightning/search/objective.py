@@ -16,7 +16,9 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 8192) ->
     try:
         param = next(model.parameters(), None)
         device = param.device if param is not None else x.device
-        outs = [model(x[i : i + batch_size].to(device)).float() for i in range(0, len(x), batch_size)]
+        outs = [
+            model(x[i : i + batch_size].to(device)).float() for i in range(0, len(x), batch_size)
+        ]
     finally:
         model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0)
@@ -30,7 +32,9 @@ def balanced_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classe
     return float(metric.compute())
 
 
-def test_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, float]:
+def test_metrics(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int
+) -> dict[str, float]:
     """Balanced log loss, balanced accuracy and (binary) AUPRC on held-out data."""
     logits = predict_logits(model, x)
     return classification_metrics(logits, y.to(logits.device), num_classes)

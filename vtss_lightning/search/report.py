@@ -100,11 +100,19 @@ class VTSSResult:
             ax.errorbar(xs, ys, yerr=spreads, fmt="none", ecolor="tab:blue", alpha=0.4)
         sel = self.selected
         sx = sel.ratio if use_ratio else sel.total_size
-        ax.plot([sx], [sel.val_balanced_loss], "*", color="tab:red", markersize=16,
-                label=f"selected: {_fmt_sizes(self.selected_sizes)}")
+        ax.plot(
+            [sx],
+            [sel.val_balanced_loss],
+            "*",
+            color="tab:red",
+            markersize=16,
+            label=f"selected: {_fmt_sizes(self.selected_sizes)}",
+        )
         if use_ratio:
             ax.axvline(1.0, color="grey", linestyle=":", linewidth=1, label="full balance")
-        ax.set_xlabel("synthetic ratio (share of each class's gap)" if use_ratio else "synthetic rows")
+        ax.set_xlabel(
+            "synthetic ratio (share of each class's gap)" if use_ratio else "synthetic rows"
+        )
         ax.set_ylabel("balanced validation log loss")
         ax.set_title("VTSS: validation-tuned synthetic size")
         ax.legend(loc="best", fontsize=8)

@@ -24,14 +24,28 @@ STRATEGIES = ("retrain", "finetune")
 
 #: Trainer arguments a candidate inherits from the outer run.
 INHERITED = (
-    "accelerator", "devices", "precision", "max_epochs", "max_steps", "min_epochs",
-    "gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches",
-    "limit_train_batches", "deterministic", "benchmark",
+    "accelerator",
+    "devices",
+    "precision",
+    "max_epochs",
+    "max_steps",
+    "min_epochs",
+    "gradient_clip_val",
+    "gradient_clip_algorithm",
+    "accumulate_grad_batches",
+    "limit_train_batches",
+    "deterministic",
+    "benchmark",
 )
 #: What a candidate never inherits: it must not touch the outer run's logs or state.
 ISOLATED = dict(
-    logger=False, enable_checkpointing=False, callbacks=[], enable_progress_bar=False,
-    enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+    logger=False,
+    enable_checkpointing=False,
+    callbacks=[],
+    enable_progress_bar=False,
+    enable_model_summary=False,
+    num_sanity_val_steps=0,
+    limit_val_batches=0,
 )
 
 
@@ -52,22 +66,29 @@ class TrainerSettings:
         else:
             accel = {"accelerator": "cpu", "devices": 1}
         max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
-        return cls({
-            **accel,
-            "precision": trainer.precision,
-            "max_epochs": max_epochs,
-            "max_steps": trainer.max_steps,
-            "gradient_clip_val": trainer.gradient_clip_val,
-            "gradient_clip_algorithm": trainer.gradient_clip_algorithm,
-            "accumulate_grad_batches": trainer.accumulate_grad_batches,
-            "limit_train_batches": trainer.limit_train_batches,
-        })
+        return cls(
+            {
+                **accel,
+                "precision": trainer.precision,
+                "max_epochs": max_epochs,
+                "max_steps": trainer.max_steps,
+                "gradient_clip_val": trainer.gradient_clip_val,
+                "gradient_clip_algorithm": trainer.gradient_clip_algorithm,
+                "accumulate_grad_batches": trainer.accumulate_grad_batches,
+                "limit_train_batches": trainer.limit_train_batches,
+            }
+        )
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any] | None) -> TrainerSettings:
         kwargs = dict(kwargs or {})
         kwargs.setdefault("max_epochs", 1000 if "max_steps" in kwargs else None)
-        unknown = set(kwargs) - set(INHERITED) - set(ISOLATED) - {"default_root_dir", "logger", "callbacks"}
+        unknown = (
+            set(kwargs)
+            - set(INHERITED)
+            - set(ISOLATED)
+            - {"default_root_dir", "logger", "callbacks"}
+        )
         if unknown:
             raise VTSSError(f"unsupported trainer argument(s) for the search: {sorted(unknown)}")
         return cls({k: v for k, v in kwargs.items() if k in INHERITED})
@@ -100,7 +121,9 @@ def clone_module(module: pl.LightningModule) -> pl.LightningModule:
 @contextmanager
 def quiet_lightning() -> Iterator[None]:
     """Silence the per-Trainer banners and warnings of inner fits."""
-    loggers = [logging.getLogger(n) for n in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")]
+    loggers = [
+        logging.getLogger(n) for n in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")
+    ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.WARNING)
@@ -139,7 +162,9 @@ class RetrainScorer:
     same seed, so candidates differ only in their training rows.
     """
 
-    def __init__(self, template: pl.LightningModule, settings: TrainerSettings, seed: int = 0) -> None:
+    def __init__(
+        self, template: pl.LightningModule, settings: TrainerSettings, seed: int = 0
+    ) -> None:
         self.template = template
         self.settings = settings
         self.seed = seed
@@ -189,7 +214,9 @@ class FinetuneScorer(RetrainScorer):
         return self.evaluate(model, dm)
 
 
-def make_scorer(strategy: str, template, settings: TrainerSettings, seed: int, finetune_fraction: float):
+def make_scorer(
+    strategy: str, template, settings: TrainerSettings, seed: int, finetune_fraction: float
+):
     if strategy == "retrain":
         return RetrainScorer(template, settings, seed)
     if strategy == "finetune":

@@ -1,0 +1,25 @@
+"""Synthetic-row generators: one instance learns one class's training rows.
+
+Tensor generators (:class:`SMOTEGenerator`, :class:`JitterGenerator`,
+:class:`GaussianGenerator`) work on the encoded matrix on the classifier's device;
+frame generators (:class:`CTGANGenerator`, :class:`TVAEGenerator`,
+:class:`GaussianCopulaGenerator`) work on the raw feature ``DataFrame`` through SDV,
+which is imported only when one of them is fitted (SDV is under the Business Source
+License 1.1).
+"""
+
+from vtss_lightning.generators.base import SyntheticGenerator
+from vtss_lightning.generators.gaussian import GaussianGenerator
+from vtss_lightning.generators.jitter import JitterGenerator
+from vtss_lightning.generators.sdv import CTGANGenerator, GaussianCopulaGenerator, TVAEGenerator
+from vtss_lightning.generators.smote import SMOTEGenerator
+
+__all__ = [
+    "CTGANGenerator",
+    "GaussianCopulaGenerator",
+    "GaussianGenerator",
+    "JitterGenerator",
+    "SMOTEGenerator",
+    "SyntheticGenerator",
+    "TVAEGenerator",
+]

@@ -1,0 +1,515 @@
+"""SDV-backed generators (CTGAN, TVAE, Gaussian copula) on the raw feature frame.
+
+SDV is imported lazily, inside :meth:`fit`: importing this module (or the
+``vtss_lightning.generators`` package) never imports SDV, which is slow to import
+and licensed differently from this project.
+
+Licence note: SDV (>= 0.18) and ctgan (>= 0.7) are under the Business Source
+License 1.1 -- free to use, except for offering a commercial synthetic-data
+service; each release becomes MIT four years after it was published. This module
+only *calls* SDV, it vendors none of its code.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import warnings
+from abc import abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vtss_lightning.data.schema import FeatureSchema
+from vtss_lightning.errors import VTSSError
+from vtss_lightning.generators._common import check_int
+from vtss_lightning.generators.base import SyntheticGenerator
+
+_TABLE = "t"
+_LOGGER = logging.getLogger(__name__)
+#: Loggers SDV and its dependencies talk through (SDV's own are named by class).
+_NOISY_LOGGERS = (
+    "sdv",
+    "rdt",
+    "copulas",
+    "ctgan",
+    "SingleTableSynthesizer",
+    "MultiTableSynthesizer",
+    "Metadata",
+    "SingleTableMetadata",
+)
+#: CTGAN's discriminator packs ``pac`` rows together; batch sizes must be multiples of it.
+_CTGAN_PAC = 10
+_COPULA_DISTRIBUTIONS = ("norm", "beta", "truncnorm", "gamma", "uniform", "gaussian_kde")
+
+
+def _sdtype(dtype: Any) -> str:
+    """SDV sdtype from the pandas dtype.
+
+    Detection is not trusted: SDV 2.0's ``Metadata.detect_from_dataframes`` makes an
+    all-unique integer column an ``id`` primary key, which is then never modelled.
+    """
+    if pd.api.types.is_bool_dtype(dtype):
+        return "boolean"
+    if pd.api.types.is_numeric_dtype(dtype):
+        return "numerical"
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return "datetime"
+    return "categorical"
+
+
+@contextmanager
+def _quiet(enabled: bool) -> Iterator[None]:
+    """Silence SDV's warnings (metadata, pandas, sklearn convergence) and its INFO logs."""
+    if not enabled:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
+@contextmanager
+def _isolated_seed(seed: int, cuda: bool) -> Iterator[None]:
+    """Seed ``random``, ``numpy`` and ``torch`` for the block and restore them afterwards.
+
+    SDV seeds nothing during ``fit``; without this the same seed would give a
+    different model each time and the caller's global RNG streams would move.
+    """
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    torch_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if cuda else None
+    try:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        if cuda:
+            torch.manual_seed(seed)
+        else:  # do not queue a lazy CUDA seed on machines that never use CUDA here
+            torch.default_generator.manual_seed(seed)
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+def _in_process() -> Any:
+    """Run joblib work sequentially, in this process.
+
+    ctgan's ``DataTransformer.transform`` fans the columns of tables with >= 500 rows
+    out to a loky *process* pool; every worker re-imports torch/rdt (many seconds on
+    a small machine, and unwelcome inside DDP ranks or DataLoader workers). The
+    result is the same either way (each transformer carries its own random state),
+    so it is kept in-process. A threading backend would not be safe: rdt swaps the
+    global numpy random state around every transformer call.
+    """
+    import joblib
+
+    config = getattr(joblib, "parallel_config", None) or joblib.parallel_backend
+    return config(backend="sequential")
+
+
+def _reseed_sampling(synth: Any, seed: int) -> None:
+    """Make the next ``synth.sample`` a function of ``seed`` alone.
+
+    SDV keeps its own random states, which advance with every ``sample`` call (and
+    start from a fixed seed after ``fit``, whatever seed the caller wanted), so they
+    are reset here: the model's (numpy + torch) state, and the numpy state each RDT
+    transformer uses in ``reverse_transform`` (e.g. where to put missing values).
+    """
+    seed32 = seed % 2**32
+    synth.reset_sampling()
+    if getattr(synth, "_model", None) is not None:
+        synth._set_random_state(seed32)
+    hyper = getattr(getattr(synth, "_data_processor", None), "_hyper_transformer", None)
+    transformers = getattr(hyper, "field_transformers", None) or {}
+    for i, transformer in enumerate(transformers.values()):
+        states = getattr(transformer, "random_states", None)
+        if isinstance(states, dict) and "reverse_transform" in states:
+            child = np.random.SeedSequence([seed32, i]).generate_state(1)[0]
+            states["reverse_transform"] = np.random.RandomState(child)
+
+
+def _dims(who: str, name: str, value: Sequence[int]) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise VTSSError(f"{who}: {name} must be a sequence of layer widths, got {value!r}")
+    return tuple(check_int(who, f"each entry of {name}", v, 1) for v in value)
+
+
+class _SDVGenerator(SyntheticGenerator):
+    """Shared machinery: metadata from dtypes, seeding, quiet fitting, dtype round trip."""
+
+    input_kind: ClassVar[Literal["tensor", "frame"]] = "frame"
+    min_rows: ClassVar[int] = 2
+
+    def __init__(self, verbose: bool = False) -> None:
+        super().__init__()
+        self.verbose = bool(verbose)
+        self._synth: Any = None
+
+    @abstractmethod
+    def _make_synthesizer(self, metadata: Any, n_rows: int) -> Any:
+        """Build the (unfitted) SDV synthesizer; called with SDV already imported."""
+
+    def _uses_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @contextmanager
+    def _context(self, seed: int) -> Iterator[None]:
+        """Quiet, seeded, and on :attr:`device` (SDV's ``enable_gpu`` means "current CUDA")."""
+        cuda = self._uses_cuda() or (torch.cuda.is_available() and torch.cuda.is_initialized())
+        device_ctx = torch.cuda.device(self.device) if self._uses_cuda() else nullcontext()
+        with _quiet(not self.verbose), _isolated_seed(seed, cuda), device_ctx, _in_process():
+            yield
+
+    def _fit(self, x: pd.DataFrame, schema: FeatureSchema | None, seed: int) -> None:
+        if not isinstance(x, pd.DataFrame):
+            raise VTSSError(
+                f"{type(self).__name__} works on the raw feature DataFrame (input_kind='frame'), "
+                f"got {type(x).__name__}"
+            )
+        if x.columns.has_duplicates:
+            raise VTSSError(f"{type(self).__name__}: the feature frame has duplicate column names")
+        x = x.reset_index(drop=True)
+        self._template = x.iloc[:0].copy()
+        # SDV gets plain string names c0, c1, ... (it mangles non-string names) and
+        # object instead of 'category' (CTGAN/TVAE refuse the category dtype).
+        data = x.copy()
+        data.columns = [f"c{i}" for i in range(x.shape[1])]
+        self._all_null = [c for c in data.columns if data[c].isna().all()]
+        data = data.drop(columns=self._all_null)
+        for c in data.columns:
+            if isinstance(data[c].dtype, pd.CategoricalDtype):
+                data[c] = data[c].astype(object)
+        self._sdv_columns = list(data.columns)
+        self._synth = None
+        if not self._sdv_columns:
+            return
+
+        from sdv.errors import InvalidDataError, SynthesizerInputError
+        from sdv.metadata import Metadata
+        from sdv.metadata.errors import InvalidMetadataError
+
+        def metadata() -> Any:
+            meta = Metadata()
+            meta.add_table(_TABLE)
+            for c in data.columns:
+                meta.add_column(c, table_name=_TABLE, sdtype=_sdtype(data[c].dtype))
+            return meta
+
+        try:
+            with self._context(seed):
+                synth = self._make_synthesizer(metadata(), len(data))
+                synth.fit({_TABLE: data})
+                synth = self._after_fit(synth, metadata, data)
+        except (InvalidDataError, InvalidMetadataError, SynthesizerInputError) as err:
+            raise VTSSError(f"{type(self).__name__} could not fit the class rows: {err}") from err
+        self._synth = synth
+
+    def _after_fit(self, synth: Any, metadata: Callable[[], Any], data: pd.DataFrame) -> Any:
+        """Hook to inspect, adjust or refit a fitted synthesizer; identity here."""
+        return synth
+
+    def _sample(self, n: int, seed: int) -> pd.DataFrame:
+        if n == 0:
+            return self._template.copy()
+        if self._synth is None:
+            out = pd.DataFrame(index=pd.RangeIndex(n))
+        else:
+            with self._context(seed):
+                _reseed_sampling(self._synth, seed)
+                out = self._synth.sample(n)[_TABLE]
+            out = out.reset_index(drop=True)
+        return self._restore(out, n)
+
+    def _restore(self, out: pd.DataFrame, n: int) -> pd.DataFrame:
+        """Original column names, order and dtypes (SDV returns object for categories)."""
+        columns = {}
+        for i, (name, dtype) in enumerate(self._template.dtypes.items()):
+            key = f"c{i}"
+            col = out[key] if key in out.columns else pd.Series([None] * n, dtype=object)
+            if col.dtype != dtype:
+                try:
+                    col = col.astype(dtype)
+                except (TypeError, ValueError) as err:
+                    raise VTSSError(
+                        f"{type(self).__name__}: sampled column {name!r} cannot be cast back to "
+                        f"{dtype}: {err}"
+                    ) from err
+            columns[i] = col.reset_index(drop=True)
+        frame = pd.DataFrame(columns, index=pd.RangeIndex(n))
+        frame.columns = self._template.columns
+        return frame
+
+    def _params(self) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
+        return f"{type(self).__name__}({args})"
+
+
+class CTGANGenerator(_SDVGenerator):
+    """SDV's CTGAN: a conditional GAN with mode-specific normalisation (Xu et al. 2019).
+
+    The strongest published deep generator for mixed-type tables, and the most
+    expensive one here; fit one per minority class (SDV's own conditional sampling
+    rejects rows and fails for rare classes).
+
+    Categorical columns: works on the raw frame; object/string/category columns are
+    one-hot encoded and sampled through CTGAN's conditional vector, so samples
+    contain only categories seen in the class rows. Column sdtypes are taken from the
+    pandas dtypes (numeric -> numerical, bool -> boolean, datetime -> datetime, the
+    rest categorical); samples come back with the input's dtypes.
+
+    Device: GPU when :attr:`device` is CUDA (``enable_gpu=True`` on that device),
+    CPU otherwise.
+
+    Licence: uses SDV/ctgan, Business Source License 1.1 (see module docstring).
+
+    Parameters
+    ----------
+    epochs, embedding_dim, generator_dim, discriminator_dim, verbose
+        Passed to ``sdv.single_table.CTGANSynthesizer``.
+    batch_size
+        Upper bound on CTGAN's training batch. The batch used is
+        ``min(batch_size, rows)`` rounded down to a multiple of 10 (CTGAN's ``pac``),
+        and at least 10, so a small class gets one full-data step per epoch rather
+        than a padded batch (see :meth:`effective_batch_size`). Sampling runs in
+        batches of ``batch_size`` (rounded the same way) to stay fast.
+    """
+
+    name: ClassVar[str] = "ctgan"
+
+    def __init__(
+        self,
+        epochs: int = 300,
+        batch_size: int = 500,
+        embedding_dim: int = 128,
+        generator_dim: Sequence[int] = (256, 256),
+        discriminator_dim: Sequence[int] = (256, 256),
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(verbose=verbose)
+        who = "CTGANGenerator"
+        self.epochs = check_int(who, "epochs", epochs, 1)
+        self.batch_size = check_int(who, "batch_size", batch_size, 1)
+        self.embedding_dim = check_int(who, "embedding_dim", embedding_dim, 1)
+        self.generator_dim = _dims(who, "generator_dim", generator_dim)
+        self.discriminator_dim = _dims(who, "discriminator_dim", discriminator_dim)
+
+    def effective_batch_size(self, n_rows: int) -> int:
+        """The batch CTGAN trains with on a class of ``n_rows`` rows."""
+        batch = min(self.batch_size, n_rows)
+        return max(_CTGAN_PAC, batch - batch % _CTGAN_PAC)
+
+    def _make_synthesizer(self, metadata: Any, n_rows: int) -> Any:
+        from sdv.single_table import CTGANSynthesizer
+
+        return CTGANSynthesizer(
+            metadata,
+            epochs=self.epochs,
+            batch_size=self.effective_batch_size(n_rows),
+            embedding_dim=self.embedding_dim,
+            generator_dim=self.generator_dim,
+            discriminator_dim=self.discriminator_dim,
+            pac=_CTGAN_PAC,
+            verbose=self.verbose,
+            enable_gpu=self._uses_cuda(),
+        )
+
+    def _after_fit(self, synth: Any, metadata: Callable[[], Any], data: pd.DataFrame) -> Any:
+        """Sample in batches of ``batch_size`` again (rounded to ``pac``), not the clamped one.
+
+        CTGAN draws samples one training-sized batch at a time; after training a
+        10-row class, 10,000 rows would take 1,000 generator passes. Its generator
+        stays in train mode (batch-statistics BatchNorm), so the larger batch is
+        what upstream CTGAN uses anyway when the batch is not clamped.
+        """
+        model = getattr(synth, "_model", None)
+        if model is not None and hasattr(model, "_batch_size"):
+            model._batch_size = max(_CTGAN_PAC, self.batch_size - self.batch_size % _CTGAN_PAC)
+        return synth
+
+    def _params(self) -> dict[str, Any]:
+        return {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "embedding_dim": self.embedding_dim,
+            "generator_dim": self.generator_dim,
+            "discriminator_dim": self.discriminator_dim,
+        }
+
+
+class TVAEGenerator(_SDVGenerator):
+    """SDV's TVAE: a variational autoencoder for tables (Xu et al. 2019).
+
+    Usually faster than CTGAN to fit and often as good on small classes.
+
+    Categorical columns: works on the raw frame; categorical columns are one-hot
+    encoded inside TVAE and decoded by argmax, so samples contain only categories
+    seen in the class rows. Sdtypes come from the pandas dtypes, as for
+    :class:`CTGANGenerator`; samples come back with the input's dtypes.
+
+    Device: GPU when :attr:`device` is CUDA (``enable_gpu=True`` on that device),
+    CPU otherwise.
+
+    Licence: uses SDV/ctgan, Business Source License 1.1 (see module docstring).
+
+    Parameters
+    ----------
+    epochs, batch_size, embedding_dim, compress_dims, decompress_dims, verbose
+        Passed to ``sdv.single_table.TVAESynthesizer``. TVAE's loader keeps the last
+        partial batch, so a class smaller than ``batch_size`` simply trains on one
+        full-data batch per epoch.
+    """
+
+    name: ClassVar[str] = "tvae"
+
+    def __init__(
+        self,
+        epochs: int = 300,
+        batch_size: int = 500,
+        embedding_dim: int = 128,
+        compress_dims: Sequence[int] = (128, 128),
+        decompress_dims: Sequence[int] = (128, 128),
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(verbose=verbose)
+        who = "TVAEGenerator"
+        self.epochs = check_int(who, "epochs", epochs, 1)
+        self.batch_size = check_int(who, "batch_size", batch_size, 1)
+        self.embedding_dim = check_int(who, "embedding_dim", embedding_dim, 1)
+        self.compress_dims = _dims(who, "compress_dims", compress_dims)
+        self.decompress_dims = _dims(who, "decompress_dims", decompress_dims)
+
+    def _make_synthesizer(self, metadata: Any, n_rows: int) -> Any:
+        from sdv.single_table import TVAESynthesizer
+
+        return TVAESynthesizer(
+            metadata,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            embedding_dim=self.embedding_dim,
+            compress_dims=self.compress_dims,
+            decompress_dims=self.decompress_dims,
+            verbose=self.verbose,
+            enable_gpu=self._uses_cuda(),
+        )
+
+    def _params(self) -> dict[str, Any]:
+        return {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "embedding_dim": self.embedding_dim,
+            "compress_dims": self.compress_dims,
+            "decompress_dims": self.decompress_dims,
+        }
+
+
+class GaussianCopulaGenerator(_SDVGenerator):
+    """SDV's Gaussian copula: per-column marginals joined by a Gaussian correlation.
+
+    No neural training: fits in seconds and is a strong classical baseline
+    for the deep SDV generators.
+
+    Categorical columns: works on the raw frame; SDV maps each categorical column to
+    a numeric interval per category and back, so samples contain only categories
+    seen in the class rows. Sdtypes come from the pandas dtypes, as for
+    :class:`CTGANGenerator`; samples come back with the input's dtypes.
+
+    Device: CPU only (numpy/scipy); :attr:`device` is ignored.
+
+    Licence: uses SDV, Business Source License 1.1 (see module docstring).
+
+    Parameters
+    ----------
+    default_distribution
+        Marginal for numeric columns: ``"norm"``, ``"beta"``, ``"truncnorm"``,
+        ``"gamma"``, ``"uniform"`` or ``"gaussian_kde"``.
+    """
+
+    name: ClassVar[str] = "gaussian_copula"
+
+    def __init__(self, default_distribution: str = "beta") -> None:
+        super().__init__(verbose=False)
+        if default_distribution not in _COPULA_DISTRIBUTIONS:
+            raise VTSSError(
+                f"GaussianCopulaGenerator: default_distribution must be one of "
+                f"{', '.join(_COPULA_DISTRIBUTIONS)}; got {default_distribution!r}"
+            )
+        self.default_distribution = default_distribution
+        #: columns whose beta fit collapsed and were refitted with ``truncnorm``.
+        self.fallback_columns_: list[Any] = []
+
+    def _uses_cuda(self) -> bool:
+        return False
+
+    def _make_synthesizer(self, metadata: Any, n_rows: int) -> Any:
+        from sdv.single_table import GaussianCopulaSynthesizer
+
+        return GaussianCopulaSynthesizer(metadata, default_distribution=self.default_distribution)
+
+    def _after_fit(self, synth: Any, metadata: Callable[[], Any], data: pd.DataFrame) -> Any:
+        """Refit with ``truncnorm`` the columns whose marginal fit collapsed.
+
+        copulas' beta fit sometimes converges to ``a ~ 0, b ~ 1e6`` with ``loc`` at the
+        data maximum: a point mass, so the column comes out constant. SDV does not
+        notice (copulas only falls back to a normal when the fit raises), so the
+        fitted standard deviation is compared with the data's here.
+        """
+        from scipy import stats
+
+        self.fallback_columns_ = []
+        bad = []
+        for col, info in synth.get_learned_distributions().items():
+            params = info.get("learned_parameters", {})
+            if info.get("distribution") != "beta" or col not in data.columns:
+                continue
+            values = pd.to_numeric(data[col], errors="coerce").dropna().to_numpy(float)
+            data_std = float(values.std()) if len(values) else 0.0
+            if data_std <= 0:
+                continue
+            try:
+                fit_std = float(
+                    stats.beta(params["a"], params["b"], params["loc"], params["scale"]).std()
+                )
+            except (KeyError, TypeError, ValueError):
+                fit_std = float("nan")
+            if not 0.25 * data_std <= fit_std <= 4.0 * data_std:  # NaN fails too
+                bad.append(col)
+        if not bad:
+            return synth
+        from sdv.single_table import GaussianCopulaSynthesizer
+
+        refit = GaussianCopulaSynthesizer(
+            metadata(),
+            default_distribution=self.default_distribution,
+            numerical_distributions={col: "truncnorm" for col in bad},
+        )
+        refit.fit({_TABLE: data})
+        names = list(self._template.columns)
+        self.fallback_columns_ = [names[int(col[1:])] for col in bad]
+        _LOGGER.info(
+            "GaussianCopulaGenerator: degenerate beta fit for %s; refitted with truncnorm",
+            self.fallback_columns_,
+        )
+        return refit
+
+    def _params(self) -> dict[str, Any]:
+        return {"default_distribution": self.default_distribution}
