@@ -348,3 +348,10 @@ def test_settings_from_outer_trainer_copy_budget_and_device(tmp_path):
     assert inner.logger is None and inner.checkpoint_callback is None
     assert inner.max_epochs == 7
     assert re.search(r"cpu", str(inner.strategy.root_device))
+
+
+def test_tuner_settings_resolve_one_cpu_device_by_default():
+    settings = TrainerSettings.from_kwargs({"accelerator": "cpu", "max_epochs": 2})
+    assert settings.device() == torch.device("cpu")
+    assert settings.kwargs["devices"] == 1
+    assert settings.build().num_devices == 1

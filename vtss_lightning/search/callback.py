@@ -80,6 +80,7 @@ class VTSSCallback(Callback):
     # ---------------------------------------------------------------- hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = _vtss_datamodule(trainer)
+        dm.to_device(trainer.strategy.root_device)  # pool and batches live where training runs
         if self.result is None:
             self.result = run_search(self, dm, pl_module, TrainerSettings.from_trainer(trainer))
         dm.set_synthetic_sizes(self.result.selected_index_sizes)

@@ -83,6 +83,7 @@ class TrainerSettings:
     def from_kwargs(cls, kwargs: Mapping[str, Any] | None) -> TrainerSettings:
         kwargs = dict(kwargs or {})
         kwargs.setdefault("max_epochs", 1000 if "max_steps" in kwargs else None)
+        kwargs.setdefault("devices", 1)  # one device per candidate unless asked otherwise
         unknown = (
             set(kwargs)
             - set(INHERITED)
@@ -92,6 +93,15 @@ class TrainerSettings:
         if unknown:
             raise VTSSError(f"unsupported trainer argument(s) for the search: {sorted(unknown)}")
         return cls({k: v for k, v in kwargs.items() if k in INHERITED})
+
+    def device(self) -> torch.device:
+        """Where the candidates will train, resolved like Lightning's ``"auto"``."""
+        accel = str(self.kwargs.get("accelerator") or "auto")
+        if accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available()):
+            devices = self.kwargs.get("devices")
+            index = devices[0] if isinstance(devices, list | tuple) and devices else 0
+            return torch.device("cuda", index)
+        return torch.device("cpu")
 
     def budget(self, fraction: float = 1.0) -> dict[str, Any]:
         """Epoch/step limits scaled by ``fraction`` (at least one of each unit)."""

@@ -35,6 +35,7 @@ class VTSSTuner:
     def search(self, model: pl.LightningModule, datamodule) -> VTSSResult:
         datamodule.prepare_data()
         datamodule.setup("fit")
+        datamodule.to_device(self.settings.device())
         if hasattr(model, "configure_from_data"):
             model.configure_from_data(datamodule)
         result = run_search(self.config, datamodule, model, self.settings)
