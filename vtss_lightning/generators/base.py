@@ -10,6 +10,7 @@ import torch
 
 from vtss_lightning.data.schema import FeatureSchema
 from vtss_lightning.errors import VTSSError
+from vtss_lightning.generators._common import check_finite, check_schema
 
 Rows = torch.Tensor | pd.DataFrame
 
@@ -57,9 +58,15 @@ class SyntheticGenerator(ABC):
             raise VTSSError(
                 f"{self.name} needs at least {self.min_rows} rows of a class to fit, got {n}"
             )
-        if isinstance(x, torch.Tensor):
+        if self.input_kind == "tensor":
+            if not isinstance(x, torch.Tensor):
+                raise VTSSError(
+                    f"{type(self).__name__} works on the encoded tensor, not on a DataFrame"
+                )
             x = x.to(self.device, torch.float32)
             schema = schema or FeatureSchema.all_numeric(x.shape[1])
+            check_schema(schema, x.shape[1], self.name)
+            check_finite(x, self.name)
         self._fit(x, schema, seed)
         self._fitted = True
         return self

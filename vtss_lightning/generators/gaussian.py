@@ -9,9 +9,7 @@ import torch
 from vtss_lightning.data.schema import FeatureSchema
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.generators._common import (
-    check_finite,
     check_float,
-    check_schema,
     cpu_generator,
     group_index,
     project_one_hot,
@@ -58,11 +56,7 @@ class GaussianGenerator(SyntheticGenerator):
         self.shrinkage = check_float("GaussianGenerator", "shrinkage", shrinkage, 0.0, 1.0)
 
     def _fit(self, x: torch.Tensor, schema: FeatureSchema | None, seed: int) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise VTSSError("GaussianGenerator works on the encoded tensor, not on a DataFrame")
-        assert schema is not None  # base.fit fills it in for tensors
-        check_schema(schema, x.shape[1], self.name)
-        check_finite(x, self.name)
+        assert schema is not None  # base.fit validated x and filled in the schema
         xd = x.detach().to("cpu", torch.float64)
         d = xd.shape[1]
         mean = xd.mean(dim=0)

@@ -7,11 +7,8 @@ from typing import ClassVar
 import torch
 
 from vtss_lightning.data.schema import FeatureSchema
-from vtss_lightning.errors import VTSSError
 from vtss_lightning.generators._common import (
-    check_finite,
     check_float,
-    check_schema,
     cpu_generator,
 )
 from vtss_lightning.generators.base import SyntheticGenerator
@@ -45,11 +42,7 @@ class JitterGenerator(SyntheticGenerator):
         self.scale = check_float("JitterGenerator", "scale", scale, 0.0)
 
     def _fit(self, x: torch.Tensor, schema: FeatureSchema | None, seed: int) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise VTSSError("JitterGenerator works on the encoded tensor, not on a DataFrame")
-        assert schema is not None  # base.fit fills it in for tensors
-        check_schema(schema, x.shape[1], self.name)
-        check_finite(x, self.name)
+        assert schema is not None  # base.fit validated x and filled in the schema
         self._x = x
         self._numeric = torch.as_tensor(schema.numeric, dtype=torch.long)
 

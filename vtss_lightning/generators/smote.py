@@ -8,11 +8,8 @@ from typing import ClassVar
 import torch
 
 from vtss_lightning.data.schema import FeatureSchema
-from vtss_lightning.errors import VTSSError
 from vtss_lightning.generators._common import (
-    check_finite,
     check_int,
-    check_schema,
     cpu_generator,
     group_index,
 )
@@ -74,11 +71,7 @@ class SMOTEGenerator(SyntheticGenerator):
         self.k_: int | None = None
 
     def _fit(self, x: torch.Tensor, schema: FeatureSchema | None, seed: int) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise VTSSError("SMOTEGenerator works on the encoded tensor, not on a DataFrame")
-        assert schema is not None  # base.fit fills it in for tensors
-        check_schema(schema, x.shape[1], self.name)
-        check_finite(x, self.name)
+        assert schema is not None  # base.fit validated x and filled in the schema
         n = x.shape[0]
         k = self.k_neighbors
         if n <= k:
