@@ -23,6 +23,8 @@ from vtss_lightning.errors import VTSSError
 
 __all__ = [
     "BalancedCrossEntropy",
+    "BalancedMeanLoss",
+    "class_sums",
     "balanced_cross_entropy",
     "classification_metrics",
     "per_class_loss_sums",
@@ -104,7 +106,11 @@ def per_class_loss_sums(preds: Tensor, target: Tensor, num_classes: int) -> tupl
         Per-class row counts, same floating dtype as ``sums``.
     """
     _check_num_classes(num_classes)
-    loss = _per_sample_loss(preds, target, num_classes)
+    return class_sums(_per_sample_loss(preds, target, num_classes), target, num_classes)
+
+
+def class_sums(loss: Tensor, target: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Per-class sums and counts of any per-row loss (shape (N,)) by true class."""
     target = target.reshape(-1).long()
     sums = torch.zeros(num_classes, dtype=loss.dtype, device=loss.device).index_add(0, target, loss)
     counts = torch.bincount(target, minlength=num_classes).to(loss.dtype)
@@ -137,12 +143,13 @@ def balanced_cross_entropy(preds: Tensor, target: Tensor, num_classes: int) -> T
     return _balanced_mean(*per_class_loss_sums(preds, target, num_classes))
 
 
-class BalancedCrossEntropy(Metric):
-    """Streaming balanced log loss (the VTSS selection criterion).
+class BalancedMeanLoss(Metric):
+    """Streaming balanced mean of any per-row loss: mean over classes of class means.
 
     Keeps a loss sum and a row count per class, so accumulating over batches (and
     over processes, by summing states) gives exactly the full-data value, which a
-    mean of per-batch balanced losses would not.
+    mean of per-batch balanced losses would not. ``update(losses, target)`` takes
+    per-row losses; :class:`BalancedCrossEntropy` computes them from logits.
 
     Parameters
     ----------
@@ -166,9 +173,11 @@ class BalancedCrossEntropy(Metric):
         self.add_state("loss_sum", default=torch.zeros(num_classes), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros(num_classes), dist_reduce_fx="sum")
 
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        """Add a batch of logits and class indices (shapes as in `per_class_loss_sums`)."""
-        sums, counts = per_class_loss_sums(preds, target, self.num_classes)
+    def update(self, losses: Tensor, target: Tensor) -> None:
+        """Add a batch of per-row losses (N,) and their class indices (N,)."""
+        self._accumulate(*class_sums(losses.reshape(-1), target, self.num_classes))
+
+    def _accumulate(self, sums: Tensor, counts: Tensor) -> None:
         self.loss_sum = self.loss_sum + sums.to(self.loss_sum.dtype)
         self.count = self.count + counts.to(self.count.dtype)
 
@@ -183,6 +192,22 @@ class BalancedCrossEntropy(Metric):
             self.loss_sum / self.count.clamp_min(1),
             torch.full_like(self.loss_sum, float("nan")),
         )
+
+
+class BalancedCrossEntropy(BalancedMeanLoss):
+    """Streaming balanced log loss (the VTSS selection criterion) from logits.
+
+    Parameters
+    ----------
+    num_classes
+        Number of classes, at least 2.
+    **kwargs
+        Passed to :class:`torchmetrics.Metric`.
+    """
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """Add a batch of logits and class indices (shapes as in `per_class_loss_sums`)."""
+        self._accumulate(*per_class_loss_sums(preds, target, self.num_classes))
 
 
 def _two_column_logits(logits: Tensor, num_classes: int) -> Tensor:

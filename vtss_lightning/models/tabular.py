@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import pytorch_lightning as pl
@@ -11,7 +12,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from vtss_lightning.errors import VTSSError
-from vtss_lightning.metrics import BalancedCrossEntropy
+from vtss_lightning.metrics import BalancedMeanLoss
 
 
 class TabularClassifier(pl.LightningModule):
@@ -39,6 +40,22 @@ class TabularClassifier(pl.LightningModule):
         Dropout after each hidden layer.
     max_iter
         L-BFGS iterations per training step.
+    loss
+        ``"cross_entropy"`` (log loss) or ``"mse"``: squared error on 0/1 (one-hot)
+        targets, the squared-loss setting of the paper's experiments 3-5. The
+        selection criterion is the balanced mean of the same loss.
+    fit_intercept
+        Give the output layer a bias; ``False`` matches the paper's no-intercept
+        squared-loss experiments.
+    class_weight
+        Cost-sensitive ERM, the non-synthetic baseline: ``"balanced"`` weighs each
+        class by ``n / (C * n_k)`` on the real training rows, a number ``w`` weighs
+        the minority class (class index 1) of a binary task by ``w``. The loss is the
+        weighted mean; validation stays unweighted and balanced.
+    random_features, rff_lengthscale
+        Prepend that many fixed random Fourier features of an RBF kernel with this
+        length-scale (``sqrt(2/D) cos(Wx + b)``; not trained), e.g. logistic
+        regression on 100 RFF features as in the paper's experiment 2.
     n_features, num_classes
         Only needed without a VTSS DataModule; otherwise read from the data.
     """
@@ -51,6 +68,11 @@ class TabularClassifier(pl.LightningModule):
         weight_decay: float = 0.0,
         dropout: float = 0.0,
         max_iter: int = 500,
+        loss: Literal["cross_entropy", "mse"] = "cross_entropy",
+        fit_intercept: bool = True,
+        class_weight: float | Literal["balanced"] | None = None,
+        random_features: int = 0,
+        rff_lengthscale: float = 1.0,
         n_features: int | None = None,
         num_classes: int | None = None,
     ) -> None:
@@ -64,6 +86,16 @@ class TabularClassifier(pl.LightningModule):
             raise VTSSError(f"lr must be > 0, got {lr}")
         if weight_decay < 0 or not 0 <= dropout < 1:
             raise VTSSError("weight_decay must be >= 0 and dropout in [0, 1)")
+        if loss not in ("cross_entropy", "mse"):
+            raise VTSSError(f"loss must be 'cross_entropy' or 'mse', got {loss!r}")
+        if isinstance(class_weight, str) and class_weight != "balanced":
+            raise VTSSError(
+                f"class_weight must be None, 'balanced' or a number > 0, got {class_weight!r}"
+            )
+        if isinstance(class_weight, int | float) and not class_weight > 0:
+            raise VTSSError(f"class_weight must be > 0, got {class_weight}")
+        if random_features < 0 or rff_lengthscale <= 0:
+            raise VTSSError("random_features must be >= 0 and rff_lengthscale > 0")
         self.save_hyperparameters()
         self.hidden_dims = hidden_dims
         self.full_batch = optimizer == "lbfgs"
@@ -72,28 +104,59 @@ class TabularClassifier(pl.LightningModule):
             self.build(n_features, num_classes)
 
     # ---------------------------------------------------------------- building
-    def build(self, n_features: int, num_classes: int) -> None:
-        """Create the layers and metrics for ``n_features`` inputs and ``num_classes``."""
+    def build(
+        self, n_features: int, num_classes: int, class_counts: list[int] | None = None
+    ) -> None:
+        """Create the layers and metrics for ``n_features`` inputs and ``num_classes``.
+
+        ``class_counts`` (real training rows per class) is needed only for
+        ``class_weight="balanced"``.
+        """
         if num_classes < 2:
             raise VTSSError(f"num_classes must be >= 2, got {num_classes}")
-        self.hparams.n_features, self.hparams.num_classes = int(n_features), int(num_classes)
+        hp = self.hparams
+        hp.n_features, hp.num_classes = int(n_features), int(num_classes)
         self.num_classes = num_classes
+        self.register_buffer("class_weights", self._class_weights(num_classes, class_counts))
         layers: list[nn.Module] = []
         width = n_features
+        if hp.random_features:
+            layers.append(RandomFourierFeatures(width, hp.random_features, hp.rff_lengthscale))
+            width = hp.random_features
         for h in self.hidden_dims:
             layers += [nn.Linear(width, h), nn.ReLU()]
             if self.hparams.dropout > 0:
                 layers.append(nn.Dropout(self.hparams.dropout))
             width = h
-        layers.append(nn.Linear(width, 1 if num_classes == 2 else num_classes))
+        out = 1 if num_classes == 2 else num_classes
+        layers.append(nn.Linear(width, out, bias=hp.fit_intercept))
         self.net = nn.Sequential(*layers)
-        self.val_balanced_loss = BalancedCrossEntropy(num_classes)
+        self.val_balanced_loss = BalancedMeanLoss(num_classes)
         self.val_balanced_accuracy = MulticlassAccuracy(num_classes, average="macro")
 
     def configure_from_data(self, datamodule) -> None:
         """Size the network from a set-up VTSS DataModule (idempotent)."""
         if self.net is None:
-            self.build(datamodule.n_features, datamodule.num_classes)
+            counts = datamodule.holdout.class_counts if hasattr(datamodule, "holdout") else None
+            self.build(datamodule.n_features, datamodule.num_classes, counts)
+
+    def _class_weights(self, num_classes: int, counts: list[int] | None) -> torch.Tensor:
+        cw = self.hparams.class_weight
+        weights = torch.ones(num_classes)
+        if cw == "balanced":
+            if counts is None:
+                raise VTSSError(
+                    'class_weight="balanced" needs the class counts; build from a VTSS DataModule'
+                )
+            n = torch.as_tensor(counts, dtype=torch.float32)
+            weights = n.sum() / (num_classes * n.clamp_min(1))
+        elif cw is not None:
+            if num_classes != 2:
+                raise VTSSError(
+                    "a numeric class_weight is for binary tasks; use 'balanced' for multi-class"
+                )
+            weights[1] = float(cw)
+        return weights
 
     def configure_model(self) -> None:
         if self.net is not None:
@@ -107,18 +170,33 @@ class TabularClassifier(pl.LightningModule):
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of shape ``(N, num_classes)``."""
+        """Scores of shape ``(N, num_classes)``: logits, or for ``loss="mse"`` the
+        regression outputs (binary: ``[0.5, f(x)]`` so that argmax thresholds at 0.5)."""
         if self.net is None:
             raise VTSSError(
                 "the model is not built yet; fit it with a VTSS DataModule or call build()"
             )
         z = self.net(x)
         if self.num_classes == 2:
-            return torch.cat([torch.zeros_like(z), z], dim=1)
+            base = 0.5 if self.hparams.loss == "mse" else 0.0
+            return torch.cat([torch.full_like(z, base), z], dim=1)
         return z
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, y)
+    def per_sample_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Unweighted loss of each row; its balanced mean is the selection criterion."""
+        if self.hparams.loss == "cross_entropy":
+            return F.cross_entropy(scores, y, reduction="none")
+        if self.num_classes == 2:
+            return (scores[:, 1] - y.to(scores.dtype)).pow(2)
+        return (scores - F.one_hot(y, self.num_classes).to(scores.dtype)).pow(2).sum(1)
+
+    def loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Training loss: the (class-weighted) mean of :meth:`per_sample_loss`."""
+        per_row = self.per_sample_loss(scores, y)
+        if self.hparams.class_weight is None:
+            return per_row.mean()
+        w = self.class_weights[y]
+        return (w * per_row).sum() / w.sum()
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -133,9 +211,9 @@ class TabularClassifier(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        logits = self(x)
-        self.val_balanced_loss.update(logits, y)
-        self.val_balanced_accuracy.update(logits.argmax(1), y)
+        scores = self(x)
+        self.val_balanced_loss.update(self.per_sample_loss(scores, y), y)
+        self.val_balanced_accuracy.update(scores.argmax(1), y)
         self.log("val_balanced_loss", self.val_balanced_loss, prog_bar=True)
         self.log("val_balanced_accuracy", self.val_balanced_accuracy)
 
@@ -160,3 +238,21 @@ class TabularClassifier(pl.LightningModule):
             ],
             lr=hp.lr or 1e-3,
         )
+
+
+class RandomFourierFeatures(nn.Module):
+    """Fixed random features of an RBF kernel: ``sqrt(2/D) cos(x W^T + b)``.
+
+    ``W ~ N(0, 1/lengthscale^2)`` and ``b ~ U(0, 2 pi)`` are drawn once from the
+    global torch RNG (seed it for repeatable models) and stored as buffers, so they
+    travel with checkpoints but are never trained.
+    """
+
+    def __init__(self, in_features: int, out_features: int, lengthscale: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.randn(out_features, in_features) / lengthscale)
+        self.register_buffer("bias", torch.rand(out_features) * 2 * math.pi)
+        self.scale = math.sqrt(2.0 / out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * torch.cos(x @ self.weight.T + self.bias)
