@@ -14,6 +14,7 @@ from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.engine import SearchEngine
 from vtss_lightning.search.objective import test_metrics
 from vtss_lightning.search.report import VTSSResult
+from vtss_lightning.search.selection import check_rule
 from vtss_lightning.search.strategies import STRATEGIES, TrainerSettings, make_scorer
 
 REQUIRED_DATA_API = ("class_gaps", "prepare_pool", "set_synthetic_sizes", "make_train_loader")
@@ -46,6 +47,10 @@ class VTSSCallback(Callback):
         hold-out, e.g. ``folds=5, repeats=5`` as in the paper.
     finetune_fraction
         Share of the epoch/step budget each fine-tune gets.
+    selection
+        ``"min"`` (the paper: lowest mean loss), ``"one_se"`` (within one standard
+        error of the best, closest to full balance; needs ``folds``) or ``"smooth"``
+        (minimum of the curve averaged with its neighbours).
     verbose
         One progress line per candidate; ``False`` is quiet.
     seed
@@ -60,6 +65,7 @@ class VTSSCallback(Callback):
         folds: int | None = None,
         repeats: int = 1,
         finetune_fraction: float = 0.3,
+        selection: Literal["min", "one_se", "smooth"] = "min",
         verbose: bool = True,
         seed: int = 0,
     ) -> None:
@@ -70,6 +76,7 @@ class VTSSCallback(Callback):
         self.ratios, self.sizes = ratios, sizes
         self.strategy, self.folds, self.repeats = strategy, folds, repeats
         self.finetune_fraction, self.verbose, self.seed = finetune_fraction, verbose, seed
+        self.selection = check_rule(selection, folds)
         self.result: VTSSResult | None = None
         self._fit_started: float | None = None
 
@@ -136,7 +143,7 @@ def run_search(
 ) -> VTSSResult:
     """Run the engine with the callback's settings; shared with :class:`VTSSTuner`."""
     sizes = None if cfg.sizes is None else [_sizes_by_index(dm, s) for s in cfg.sizes]
-    engine = SearchEngine(cfg.ratios, sizes, cfg.folds, cfg.repeats, cfg.verbose)
+    engine = SearchEngine(cfg.ratios, sizes, cfg.folds, cfg.repeats, cfg.verbose, cfg.selection)
     scorer = make_scorer(cfg.strategy, module, settings, cfg.seed, cfg.finetune_fraction)
     result = engine.run(dm, scorer)
     result.config = {
@@ -145,6 +152,7 @@ def run_search(
         "sizes": cfg.sizes,
         "folds": cfg.folds,
         "repeats": cfg.repeats,
+        "selection": cfg.selection,
         "seed": cfg.seed,
         "generator": repr(dm.generator),
         "model": type(module).__name__,

@@ -8,15 +8,14 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
+from dataclasses import replace
 from typing import Any
 
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.grid import Candidate, build_candidates, max_sizes
 from vtss_lightning.search.report import CandidateResult, VTSSResult
+from vtss_lightning.search.selection import check_rule, select
 from vtss_lightning.search.strategies import Scorer
-
-#: Losses closer than this (relative) count as a tie, which goes to the smaller size.
-TIE_TOLERANCE = 1e-9
 
 
 class SearchEngine:
@@ -33,6 +32,8 @@ class SearchEngine:
         the DataModule's hold-out; sizes are rescaled to each fold's gap.
     verbose
         Print one line per candidate.
+    selection
+        Rule that picks the winner (see :mod:`vtss_lightning.search.selection`).
     """
 
     def __init__(
@@ -42,7 +43,9 @@ class SearchEngine:
         folds: int | None = None,
         repeats: int = 1,
         verbose: bool = True,
+        selection: str = "min",
     ) -> None:
+        self.selection = check_rule(selection, folds)
         if repeats < 1:
             raise VTSSError(f"repeats must be >= 1, got {repeats}")
         self.ratios, self.sizes = ratios, sizes
@@ -82,14 +85,18 @@ class SearchEngine:
             for i, (cand, res) in enumerate(zip(candidates, results, strict=True)):
                 mean = math.nan if res.val_balanced_loss is None else res.val_balanced_loss
                 self._progress(dm, i, len(candidates), cand, holdout_gaps, mean, res.seconds)
-        chosen = select(results)
+        balance_total = sum(g for g in holdout_gaps.values() if g > 0)
+        chosen = select(results, self.selection, balance_total)
         chosen_cand = candidates[results.index(chosen)]
         result = VTSSResult(
             candidates=results,
             selected_ratio=chosen.ratio,
             selected_sizes=dict(chosen.sizes),
             selected_index_sizes=chosen_cand.sizes(holdout_gaps),
-            diagnostics=self._diagnostics(dm, holdout_gaps, len(splits)),
+            diagnostics={
+                **self._diagnostics(dm, holdout_gaps, len(splits)),
+                **self._spread(results, losses, balance_total),
+            },
             timing={"search_seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb()},
         )
         if self.verbose:
@@ -109,6 +116,29 @@ class SearchEngine:
             seconds=secs,
             status="failed: non-finite validation loss" if failed else "ok",
         )
+
+    def _spread(self, results, losses, balance_total) -> dict[str, Any]:
+        """The rule applied to each repetition of repeated K-fold: how stable is it?"""
+        if self.folds is None or self.repeats < 2:
+            return {"selection": self.selection}
+        picks = []
+        for r in range(self.repeats):
+            cols = range(r * self.folds, (r + 1) * self.folds)
+            per_repeat = [
+                replace(
+                    res,
+                    val_balanced_loss=None
+                    if any(math.isnan(row[c]) for c in cols)
+                    else sum(row[c] for c in cols) / self.folds,
+                    fold_losses=[row[c] for c in cols],
+                )
+                for res, row in zip(results, losses, strict=True)
+            ]
+            pick = select(per_repeat, self.selection, balance_total)
+            picks.append(pick.ratio if pick.ratio is not None else pick.total_size)
+        mean = sum(picks) / len(picks)
+        sd = math.sqrt(sum((p - mean) ** 2 for p in picks) / (len(picks) - 1))
+        return {"selection": self.selection, "selection_by_repeat": picks, "selection_sd": sd}
 
     def _diagnostics(self, dm, gaps: Mapping[int, int], n_splits: int) -> dict[str, Any]:
         counts = dm.holdout.class_counts
@@ -148,19 +178,6 @@ class SearchEngine:
     @staticmethod
     def _say(line: str) -> None:
         print(line, file=sys.stdout, flush=True)
-
-
-def select(results: Sequence[CandidateResult]) -> CandidateResult:
-    """Lowest balanced validation loss; near-ties go to the smaller total size."""
-    ok = [c for c in results if c.val_balanced_loss is not None]
-    if not ok:
-        raise VTSSError(
-            "every candidate failed (non-finite validation loss); lower the learning rate"
-        )
-    best = min(c.val_balanced_loss for c in ok)
-    tol = TIE_TOLERANCE * max(1.0, abs(best))
-    tied = [c for c in ok if c.val_balanced_loss - best <= tol]
-    return min(tied, key=lambda c: c.total_size)
 
 
 def _named(dm, sizes: Mapping[int, int]) -> dict[str, int]:

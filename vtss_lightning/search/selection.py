@@ -1,0 +1,96 @@
+"""Selection rules: which candidate wins, given its validation losses.
+
+``"min"`` is the paper's rule. With few minority validation rows a single minimum is
+noisy, so two steadier rules are offered: ``"one_se"`` (among candidates within one
+standard error of the best, take the one closest to full balance; needs folds) and
+``"smooth"`` (minimise the curve averaged over each candidate and its neighbours).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from vtss_lightning.errors import VTSSError
+from vtss_lightning.search.report import CandidateResult
+
+SELECTION_RULES = ("min", "one_se", "smooth")
+
+#: Losses closer than this (relative) count as a tie, which goes to the smaller size.
+TIE_TOLERANCE = 1e-9
+
+
+def check_rule(rule: str, folds: int | None) -> str:
+    """Validate a rule name against the validation scheme; returns the rule."""
+    if rule not in SELECTION_RULES:
+        raise VTSSError(
+            f"unknown selection rule {rule!r}; choose one of {', '.join(SELECTION_RULES)}"
+        )
+    if rule == "one_se" and folds is None:
+        raise VTSSError('selection="one_se" needs folds (e.g. folds=5, repeats=5)')
+    return rule
+
+
+def select(
+    results: Sequence[CandidateResult],
+    rule: str = "min",
+    balance_total: int | None = None,
+) -> CandidateResult:
+    """The winning candidate under ``rule``; ties go to the smaller total size.
+
+    Parameters
+    ----------
+    results
+        Candidates in increasing size order, with mean losses and fold losses.
+    rule
+        One of :data:`SELECTION_RULES`.
+    balance_total
+        Synthetic rows at full balance (sum of gaps), for ``one_se`` with absolute
+        sizes; ratio candidates use ``|ratio - 1|``.
+    """
+    ok = [c for c in results if c.val_balanced_loss is not None]
+    if not ok:
+        raise VTSSError(
+            "every candidate failed (non-finite validation loss); lower the learning rate"
+        )
+    if rule == "min":
+        return _lowest(ok, [c.val_balanced_loss for c in ok])
+    if rule == "smooth":
+        return _lowest(ok, _smoothed([c.val_balanced_loss for c in ok]))
+    if rule == "one_se":
+        return _one_se(ok, balance_total)
+    raise VTSSError(f"unknown selection rule {rule!r}; choose one of {', '.join(SELECTION_RULES)}")
+
+
+def _lowest(cands: Sequence[CandidateResult], losses: Sequence[float]) -> CandidateResult:
+    best = min(losses)
+    tol = TIE_TOLERANCE * max(1.0, abs(best))
+    tied = [c for c, v in zip(cands, losses, strict=True) if v - best <= tol]
+    return min(tied, key=lambda c: c.total_size)
+
+
+def _smoothed(losses: Sequence[float]) -> list[float]:
+    """Mean of each loss with its neighbours (window 3, shrinking at the ends)."""
+    n = len(losses)
+    return [
+        sum(losses[max(0, i - 1) : i + 2]) / len(losses[max(0, i - 1) : i + 2]) for i in range(n)
+    ]
+
+
+def _one_se(cands: Sequence[CandidateResult], balance_total: int | None) -> CandidateResult:
+    best = _lowest(cands, [c.val_balanced_loss for c in cands])
+    folds = [v for v in best.fold_losses if v is not None]
+    if len(folds) < 2:
+        raise VTSSError(
+            'selection="one_se" needs fold losses: use folds= (e.g. folds=5, repeats=5)'
+        )
+    mean = sum(folds) / len(folds)
+    se = math.sqrt(sum((v - mean) ** 2 for v in folds) / (len(folds) - 1) / len(folds))
+    within = [c for c in cands if c.val_balanced_loss <= best.val_balanced_loss + se]
+
+    def distance(c: CandidateResult) -> float:
+        if c.ratio is not None:
+            return abs(c.ratio - 1.0)
+        return abs(c.total_size - (balance_total or 0))
+
+    return min(within, key=lambda c: (distance(c), c.total_size))
