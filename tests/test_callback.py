@@ -355,3 +355,33 @@ def test_tuner_settings_resolve_one_cpu_device_by_default():
     assert settings.device() == torch.device("cpu")
     assert settings.kwargs["devices"] == 1
     assert settings.build().num_devices == 1
+
+
+def test_tg_grid_on_the_paper_linear_design_reports_asymmetry_with_finite_gqs(tmp_path):
+    pl.seed_everything(0)
+    dm = TabularDataModule(dataset="paper_linear", scale=False)
+    cb = VTSSCallback(grid="tg", verbose=False)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        callbacks=[cb],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(TabularClassifier(), datamodule=dm)
+    tg = cb.result.diagnostics["tg"]
+    assert tg["regime"] == "local asymmetry"
+    assert tg["gqs"] is not None and math.isfinite(tg["gqs"])
+    assert tg["t_sym"] > tg["cutoff"]
+    searched = [c["ratio"] for c in cb.result.to_dict()["candidates"]]
+    assert searched == sorted(tg["candidate_ratios"])
+    assert json.loads((tmp_path / "vtss_report.json").read_text())["diagnostics"]["tg"]["regime"]
+
+
+def test_tg_grid_rejects_explicit_candidates():
+    with pytest.raises(VTSSError, match="tg"):
+        VTSSCallback(grid="tg", ratios=[0, 1])
+    with pytest.raises(VTSSError, match="grid"):
+        VTSSCallback(grid="wide")

@@ -15,7 +15,13 @@ from vtss_lightning.search.engine import SearchEngine
 from vtss_lightning.search.objective import test_metrics
 from vtss_lightning.search.report import VTSSResult
 from vtss_lightning.search.selection import check_rule
-from vtss_lightning.search.strategies import STRATEGIES, TrainerSettings, make_scorer
+from vtss_lightning.search.strategies import (
+    STRATEGIES,
+    RetrainScorer,
+    TrainerSettings,
+    clone_module,
+    make_scorer,
+)
 
 REQUIRED_DATA_API = ("class_gaps", "prepare_pool", "set_synthetic_sizes", "make_train_loader")
 
@@ -38,6 +44,11 @@ class VTSSCallback(Callback):
         ``(0, .5, .75, .9, 1, 1.1, 1.25, 1.5, 2)``.
     sizes
         Absolute candidates instead: a list of ``{class_label: rows}`` dicts.
+    grid
+        ``"default"`` uses ``ratios``/``sizes`` (or the default grid); ``"tg"`` runs the
+        theory-guided diagnostics (TG-VTSS, binary tasks) on a pilot trained on the
+        real rows and searches the grid they choose; the report's ``diagnostics.tg``
+        explains why.
     strategy
         ``"retrain"`` (exact: every candidate trained from scratch) or ``"finetune"``
         (cheaper: one fit on real rows, each candidate fine-tuned from it for
@@ -61,6 +72,7 @@ class VTSSCallback(Callback):
         self,
         ratios: list[float] | None = None,
         sizes: list[dict[str, int]] | None = None,
+        grid: Literal["default", "tg"] = "default",
         strategy: Literal["retrain", "finetune"] = "retrain",
         folds: int | None = None,
         repeats: int = 1,
@@ -77,6 +89,11 @@ class VTSSCallback(Callback):
         self.strategy, self.folds, self.repeats = strategy, folds, repeats
         self.finetune_fraction, self.verbose, self.seed = finetune_fraction, verbose, seed
         self.selection = check_rule(selection, folds)
+        if grid not in ("default", "tg"):
+            raise VTSSError(f"grid must be 'default' or 'tg', got {grid!r}")
+        if grid == "tg" and (ratios is not None or sizes is not None):
+            raise VTSSError('grid="tg" chooses its own candidates; drop ratios= and sizes=')
+        self.grid = grid
         self.result: VTSSResult | None = None
         self._fit_started: float | None = None
 
@@ -143,12 +160,19 @@ def run_search(
 ) -> VTSSResult:
     """Run the engine with the callback's settings; shared with :class:`VTSSTuner`."""
     sizes = None if cfg.sizes is None else [_sizes_by_index(dm, s) for s in cfg.sizes]
-    engine = SearchEngine(cfg.ratios, sizes, cfg.folds, cfg.repeats, cfg.verbose, cfg.selection)
+    ratios, tg = cfg.ratios, None
+    if cfg.grid == "tg":
+        tg = _tg_diagnostics(cfg, dm, module, settings)
+        ratios = tg.candidate_ratios
+    engine = SearchEngine(ratios, sizes, cfg.folds, cfg.repeats, cfg.verbose, cfg.selection)
     scorer = make_scorer(cfg.strategy, module, settings, cfg.seed, cfg.finetune_fraction)
     result = engine.run(dm, scorer)
+    if tg is not None:
+        result.diagnostics["tg"] = tg.to_dict()
     result.config = {
         "strategy": cfg.strategy,
-        "ratios": cfg.ratios,
+        "grid": cfg.grid,
+        "ratios": ratios,
         "sizes": cfg.sizes,
         "folds": cfg.folds,
         "repeats": cfg.repeats,
@@ -159,6 +183,19 @@ def run_search(
         "trainer": {k: str(v) for k, v in settings.kwargs.items()},
     }
     return result
+
+
+def _tg_diagnostics(cfg: VTSSCallback, dm, module: pl.LightningModule, settings: TrainerSettings):
+    """TG-VTSS: a pilot on the real training rows, then the diagnostics that pick the grid."""
+    from vtss_lightning.search.diagnostics import tg_diagnostics
+
+    pilot_trainer = RetrainScorer(module, settings, cfg.seed)
+    pilot = pilot_trainer.fit(clone_module(module), dm, {})
+    pilot.to(dm.active.x_train.device)
+    diag = tg_diagnostics(pilot, dm, seed=cfg.seed)
+    if cfg.verbose:
+        print(diag.summary(), flush=True)
+    return diag
 
 
 def report_dir(trainer: pl.Trainer) -> Path:
