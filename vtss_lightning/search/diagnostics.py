@@ -228,6 +228,8 @@ def head_features(
     out_device = torch.device(device) if device is not None else x.device
     params = list(pilot.parameters())
     run_device = params[0].device if params else x.device
+    floats = [p.dtype for p in params if p.is_floating_point()]
+    run_dtype = floats[0] if floats and x.is_floating_point() else x.dtype
     captured: list[torch.Tensor] = []
 
     def hook(_module, inputs, _output):
@@ -240,7 +242,7 @@ def head_features(
     try:
         with torch.no_grad():
             for start in range(0, len(x), batch_size):
-                batch = x[start : start + batch_size].to(run_device)
+                batch = x[start : start + batch_size].to(run_device, run_dtype)
                 captured.clear()
                 pilot(batch)
                 if not captured:
@@ -254,7 +256,7 @@ def head_features(
                         f"the input of {type(pilot).__name__}'s last nn.Linear has shape "
                         f"{tuple(phi.shape)}; TG-VTSS needs one feature vector per row"
                     )
-                chunks.append(phi.to(out_device, torch.float64))
+                chunks.append(phi.to(out_device).to(torch.float64))  # MPS has no float64
     finally:
         handle.remove()
         pilot.train(was_training)
@@ -550,9 +552,7 @@ def tg_diagnostics(
     n0, n1 = counts[1 - minority], counts[minority]
     gap = n0 - n1
     if n1 < max(2, folds):
-        raise VTSSError(
-            f"TG-VTSS needs at least {max(2, folds)} minority training rows, got {n1}"
-        )
+        raise VTSSError(f"TG-VTSS needs at least {max(2, folds)} minority training rows, got {n1}")
     yb = (y == minority).to(torch.float64)
     notes: list[str] = []
 
