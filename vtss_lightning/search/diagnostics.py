@@ -34,11 +34,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vtss_lightning.data.datamodule import _as_frame, _take
 from vtss_lightning.errors import VTSSError
+from vtss_lightning.search.head_stats import (
+    balanced_weights,
+    class_scores,
+    fit_balanced_logistic,
+    fit_logistic,
+    head_features,
+    head_layer,
+    psd_solve,
+    wald_statistic,
+    whitening_basis,
+)
 
 __all__ = [
     "ASYMMETRIC",
@@ -65,8 +75,6 @@ LOCAL_MULTIPLIERS: tuple[float, ...] = tuple(round(0.8 + 0.05 * i, 4) for i in r
 #: Wide grid for a biased generator: 0, 0.05, ..., 2.00.
 WIDE_RATIOS: tuple[float, ...] = tuple(round(0.05 * i, 4) for i in range(41))
 
-_RANK_TOL = 1e-10  # eigenvalues of the normalised Gram matrix below this (relative) are dropped
-_ROWS_PER_FORWARD = 8192
 _MIN_SYNTHETIC = 200
 _SYNTHETIC_PER_HELD_OUT = 5
 
@@ -197,233 +205,6 @@ def tg_candidate_ratios(
     if target_share is not None and math.isfinite(target_share) and target_share > 0:
         grid |= {round(m * target_share, 4) for m in LOCAL_MULTIPLIERS}
     return sorted(grid)
-
-
-# ------------------------------------------------------------------- pilot's head
-def head_layer(pilot: nn.Module) -> nn.Linear:
-    """The pilot's output layer: its last ``nn.Linear`` (in ``modules()`` order)."""
-    layers = [m for m in pilot.modules() if isinstance(m, nn.Linear)]
-    if not layers:
-        raise VTSSError(
-            f"TG-VTSS needs a classifier whose output layer is an nn.Linear; "
-            f"{type(pilot).__name__} has none"
-        )
-    return layers[-1]
-
-
-def head_features(
-    pilot: nn.Module,
-    x: torch.Tensor,
-    device: torch.device | str | None = None,
-    batch_size: int = _ROWS_PER_FORWARD,
-) -> torch.Tensor:
-    """Penultimate features plus intercept, ``(n, p)`` float64: the head's design.
-
-    The input of the pilot's last ``nn.Linear`` is captured with a forward hook
-    while the pilot runs in eval mode (batched, no grad); a column of ones is
-    appended when that layer has a bias. ``device`` (default: ``x``'s) is where the
-    result lives; the pilot runs on its own device.
-    """
-    layer = head_layer(pilot)
-    out_device = torch.device(device) if device is not None else x.device
-    params = list(pilot.parameters())
-    run_device = params[0].device if params else x.device
-    floats = [p.dtype for p in params if p.is_floating_point()]
-    run_dtype = floats[0] if floats and x.is_floating_point() else x.dtype
-    captured: list[torch.Tensor] = []
-
-    def hook(_module, inputs, _output):
-        captured.append(inputs[0].detach())
-
-    handle = layer.register_forward_hook(hook)
-    was_training = pilot.training
-    pilot.eval()
-    chunks = []
-    try:
-        with torch.no_grad():
-            for start in range(0, len(x), batch_size):
-                batch = x[start : start + batch_size].to(run_device, run_dtype)
-                captured.clear()
-                pilot(batch)
-                if not captured:
-                    raise VTSSError(
-                        f"the last nn.Linear of {type(pilot).__name__} is not used in its "
-                        "forward pass; TG-VTSS reads its input as the penultimate features"
-                    )
-                phi = captured[-1]
-                if phi.ndim != 2 or phi.shape[0] != len(batch):
-                    raise VTSSError(
-                        f"the input of {type(pilot).__name__}'s last nn.Linear has shape "
-                        f"{tuple(phi.shape)}; TG-VTSS needs one feature vector per row"
-                    )
-                chunks.append(phi.to(out_device).to(torch.float64))  # MPS has no float64
-    finally:
-        handle.remove()
-        pilot.train(was_training)
-    width = layer.in_features
-    phi = torch.cat(chunks) if chunks else torch.zeros(0, width, dtype=torch.float64)
-    phi = phi.to(out_device)
-    if layer.bias is not None:
-        phi = torch.cat([phi, torch.ones(len(phi), 1, dtype=phi.dtype, device=phi.device)], 1)
-    if not torch.isfinite(phi).all():
-        raise VTSSError("the pilot's penultimate features contain NaN or inf values")
-    return phi
-
-
-# ------------------------------------------------------------ linear algebra
-def _basis(xt: torch.Tensor) -> torch.Tensor:
-    """``(p, r)`` map to whitened coordinates ``z = xt @ B`` (unit second moments).
-
-    Columns are first scaled to unit RMS, then rotated onto the eigenvectors of their
-    Gram matrix; directions with (relative) eigenvalue below ``_RANK_TOL`` (dead units,
-    constant or collinear features) are dropped, so ``r`` is the design's rank. The
-    Wald statistic and the GQS are invariant under this reparametrisation; it only
-    makes the fit and the solves well conditioned.
-    """
-    rms = xt.pow(2).mean(0).sqrt()
-    scale = torch.where(rms > 0, 1.0 / rms, torch.ones_like(rms))
-    xs = xt * scale
-    gram = xs.T @ xs / len(xs)
-    evals, evecs = torch.linalg.eigh((gram + gram.T) / 2)
-    keep = evals > evals.max().clamp_min(1e-300) * _RANK_TOL
-    return scale[:, None] * evecs[:, keep] * evals[keep].rsqrt()
-
-
-def _psd_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a^-1 b`` for symmetric positive (semi-)definite ``a``: Cholesky, else pinv."""
-    a = (a + a.T) / 2
-    vector = b.ndim == 1
-    rhs = b[:, None] if vector else b
-    chol, info = torch.linalg.cholesky_ex(a)
-    if int(info) == 0:
-        out = torch.cholesky_solve(rhs, chol)
-    else:
-        out = torch.linalg.pinv(a, hermitian=True) @ rhs
-    return out[:, 0] if vector else out
-
-
-def _balanced_objective(
-    z: torch.Tensor, yb: torch.Tensor, w: torch.Tensor, theta: torch.Tensor, ridge: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    eta = z @ theta
-    loss = (w * (F.softplus(eta) - yb * eta)).sum() + 0.5 * ridge * theta.dot(theta)
-    grad = z.T @ (w * (torch.sigmoid(eta) - yb)) + ridge * theta
-    return loss, grad
-
-
-def _fit_logistic(
-    z: torch.Tensor, yb: torch.Tensor, w: torch.Tensor, ridge: float = 1e-6
-) -> torch.Tensor:
-    """Weighted logistic regression in (whitened) coordinates ``z``: L-BFGS, then Newton.
-
-    L-BFGS with a strong-Wolfe line search does the work; up to three damped Newton
-    steps then polish the optimum so that the balanced gradient condition holds to
-    machine precision.
-    """
-    theta = torch.zeros(z.shape[1], dtype=z.dtype, device=z.device, requires_grad=True)
-    opt = torch.optim.LBFGS(
-        [theta],
-        lr=1.0,
-        max_iter=500,
-        tolerance_grad=1e-12,
-        tolerance_change=1e-15,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure():
-        loss, grad = _balanced_objective(z, yb, w, theta.detach(), ridge)
-        theta.grad = grad
-        return loss
-
-    opt.step(closure)
-    est = theta.detach().clone()
-    eye = torch.eye(len(est), dtype=z.dtype, device=z.device)
-    for _ in range(3):
-        loss, grad = _balanced_objective(z, yb, w, est, ridge)
-        if float(grad.abs().max()) < 1e-13:
-            break
-        prob = torch.sigmoid(z @ est)
-        hess = (z * (w * prob * (1 - prob))[:, None]).T @ z + ridge * eye
-        step = _psd_solve(hess, grad)
-        t = 1.0
-        while t > 1e-4:
-            cand = est - t * step
-            if float(_balanced_objective(z, yb, w, cand, ridge)[0]) <= float(loss):
-                est = cand
-                break
-            t /= 2
-        else:
-            break
-    return est
-
-
-def fit_balanced_logistic(
-    features: torch.Tensor, y: torch.Tensor, ridge: float = 1e-6
-) -> torch.Tensor:
-    """Balanced-weighted binary logistic regression (weights ``1/2n0``, ``1/2n1``).
-
-    ``features`` is the head's design (e.g. :func:`head_features`, intercept column
-    included), ``y`` is 1 for the minority and 0 for the majority. Fitted in float64
-    with L-BFGS (strong Wolfe) and a ridge of ``ridge`` in whitened coordinates;
-    returns the coefficients in the coordinates of ``features`` (a minimum-norm-like
-    solution when the design is rank deficient).
-    """
-    xt = features.to(torch.float64)
-    yb = y.to(xt.device, torch.float64)
-    basis = _basis(xt)
-    theta_z = _fit_logistic(xt @ basis, yb, _balanced_weights(yb), ridge)
-    return basis @ theta_z
-
-
-def _balanced_weights(yb: torch.Tensor) -> torch.Tensor:
-    n1 = yb.sum()
-    n0 = len(yb) - n1
-    return torch.where(yb > 0, 0.5 / n1, 0.5 / n0)
-
-
-@dataclass
-class _Scores:
-    """Per-row log-loss scores ``(p - y) x~`` of one set of rows at the pilot head."""
-
-    z: torch.Tensor  # (n, r) whitened coordinates
-    raw_mean: torch.Tensor  # (p,) mean score in the head's own coordinates
-    hess: torch.Tensor | None  # (r, r) mean p(1-p) z z'
-
-    @property
-    def n(self) -> int:
-        return len(self.z)
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return self.z.mean(0)
-
-    @property
-    def cov(self) -> torch.Tensor:
-        c = self.z - self.mean
-        return c.T @ c / max(self.n - 1, 1)
-
-
-def _scores(
-    xt: torch.Tensor, basis: torch.Tensor, theta_z: torch.Tensor, label: float, hessian: bool
-) -> _Scores:
-    z = xt @ basis
-    prob = torch.sigmoid(z @ theta_z)
-    resid = prob - label
-    hess = (z * (prob * (1 - prob))[:, None]).T @ z / len(z) if hessian else None
-    return _Scores(resid[:, None] * z, (resid[:, None] * xt).mean(0), hess)
-
-
-def _wald(s0: _Scores, s1: _Scores) -> float:
-    """``T = g' V^-1 g`` with ``g = g0 - g1`` and the sandwich ``V`` of PAPER.md."""
-    h = (s0.hess + s1.hess) / 2
-    ghinv = _psd_solve(h, s0.hess - s1.hess).T  # G H^-1 = (H^-1 G)' (both symmetric)
-    eye = torch.eye(len(h), dtype=h.dtype, device=h.device)
-    a0 = eye - 0.5 * ghinv
-    a1 = -eye - 0.5 * ghinv
-    v = a0 @ s0.cov @ a0.T / s0.n + a1 @ s1.cov @ a1.T / s1.n
-    g = s0.mean - s1.mean
-    return float(g.dot(_psd_solve(v, g)))
 
 
 # ------------------------------------------------------------------ generator
@@ -558,24 +339,24 @@ def tg_diagnostics(
 
     with _seeded(seed):
         xt = head_features(pilot, split.x_train, device=device)
-        basis = _basis(xt)
+        basis = whitening_basis(xt)
         df = int(basis.shape[1])
         if df < xt.shape[1]:
             notes.append(
                 f"the head's design has rank {df} < {xt.shape[1]} parameters (constant or "
                 "collinear features); the test uses its row space"
             )
-        theta_z = _fit_logistic(xt @ basis, yb, _balanced_weights(yb))
+        theta_z = fit_logistic(xt @ basis, yb, balanced_weights(yb))
         is0, is1 = yb == 0, yb == 1
-        s0 = _scores(xt[is0], basis, theta_z, 0.0, hessian=True)
-        s1 = _scores(xt[is1], basis, theta_z, 1.0, hessian=True)
+        s0 = class_scores(xt[is0], basis, theta_z, 0.0, hessian=True)
+        s1 = class_scores(xt[is1], basis, theta_z, 1.0, hessian=True)
         prob = torch.sigmoid(xt @ basis @ theta_z)
         if float(prob[is0].max()) < 1e-3 and float(prob[is1].min()) > 1 - 1e-3:
             notes.append(
                 "the classes are (nearly) separable in the pilot's features; the "
                 "statistics below are unreliable"
             )
-        t_sym = _wald(s0, s1)
+        t_sym = wald_statistic(s0, s1)
         cutoff = float(chi2.ppf(1 - alpha, df))
 
         if t_sym <= cutoff or gap <= 0:
@@ -609,9 +390,9 @@ def tg_diagnostics(
             )
             m = max(_MIN_SYNTHETIC, _SYNTHETIC_PER_HELD_OUT * len(held))
             synthetic = _sample_encoded(split, generator, m, seed * 7919 + f, data_device)
-            syn = _scores(head_features(pilot, synthetic, device), basis, theta_z, 1.0, False)
+            syn = class_scores(head_features(pilot, synthetic, device), basis, theta_z, 1.0, False)
             held_rows = torch.as_tensor(np.sort(positions[held]), device=xt.device)
-            real = _scores(xt[held_rows], basis, theta_z, 1.0, False)
+            real = class_scores(xt[held_rows], basis, theta_z, 1.0, False)
             delta_z.append(syn.mean - real.mean)
             delta_raw.append(syn.raw_mean - real.raw_mean)
             cov_syn.append(syn.cov)
@@ -619,8 +400,8 @@ def tg_diagnostics(
         sigma_syn = torch.stack(cov_syn).mean(0)
         h = (s0.hess + s1.hess) / 2
         sigma_aug = 0.5 * s0.cov + n1 / (2 * n0) * s1.cov + (n0 - n1) / (2 * n0) * sigma_syn
-        bias2 = (n0 - n1) ** 2 / (2 * n0) * float(delta.dot(_psd_solve(h, delta)))
-        variance = float(torch.trace(_psd_solve(h, sigma_aug)))
+        bias2 = (n0 - n1) ** 2 / (2 * n0) * float(delta.dot(psd_solve(h, delta)))
+        variance = float(torch.trace(psd_solve(h, sigma_aug)))
         gqs = bias2 / variance if variance > 0 else math.inf
 
         g_phi = s0.raw_mean - s1.raw_mean
