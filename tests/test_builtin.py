@@ -89,3 +89,25 @@ def test_unknown_name() -> None:
     with pytest.raises(VTSSError, match="breast_cancer, paper_linear, paper_nonlinear") as err:
         load_builtin("mnist")
     assert "\n" not in str(err.value)
+
+
+def test_digits_ovr() -> None:
+    ds = load_builtin("digits_ovr")
+    assert ds.target == "digit" and ds.train.shape[1] == 65
+    total = pd.concat([ds.train, ds.test])["digit"].value_counts().to_dict()
+    assert total == {"other": 1623, "eight": 162}
+    for part in (ds.train, ds.test):
+        counts = part["digit"].value_counts()
+        assert 9 <= counts["other"] / counts["eight"] <= 11
+    assert len(ds.test) == pytest.approx(0.25 * 1785, abs=1)
+
+
+def test_wine_ovr() -> None:
+    ds = load_builtin("wine_ovr")
+    assert ds.target == "cultivar" and ds.train.shape[1] == 14
+    total = pd.concat([ds.train, ds.test])["cultivar"].value_counts().to_dict()
+    assert total == {"other": 130, "cultivar_3": 48}
+    for part in (ds.train, ds.test):
+        counts = part["cultivar"].value_counts()
+        assert 2 <= counts["other"] / counts["cultivar_3"] <= 3.5
+    assert len(ds.test) == pytest.approx(0.25 * 178, abs=1)

@@ -22,13 +22,22 @@ __all__ = [
     "simulate_paper_nonlinear",
 ]
 
-BUILTIN_DATASETS: tuple[str, ...] = ("breast_cancer", "paper_linear", "paper_nonlinear")
+BUILTIN_DATASETS: tuple[str, ...] = (
+    "breast_cancer",
+    "paper_linear",
+    "paper_nonlinear",
+    "digits_ovr",
+    "wine_ovr",
+)
 
 _PAPER_D = 5
 _PAPER_N0 = 4000
 _PAPER_N1 = 200
 _PAPER_TEST_PER_CLASS = 10_000
 _BREAST_CANCER_MINORITY = 36
+_DIGITS_MINORITY_DIGIT = 8
+_DIGITS_RATIO = 10
+_WINE_MINORITY_CULTIVAR = 2  # scikit-learn class_2, the smallest (48 of 178 rows)
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,10 @@ def load_builtin(name: str, seed: int = 0) -> BuiltinDataset:
     """
     if name == "breast_cancer":
         return _breast_cancer(seed)
+    if name == "digits_ovr":
+        return _digits_ovr(seed)
+    if name == "wine_ovr":
+        return _wine_ovr(seed)
     if name == "paper_linear":
         return _paper(
             simulate_paper_linear,
@@ -218,4 +231,55 @@ def _breast_cancer(seed: int) -> BuiltinDataset:
             "Wisconsin breast cancer (scikit-learn bundled): 357 benign vs 36 malignant "
             "(subsampled to ~1:10), stratified 25% test split."
         ),
+    )
+
+
+def _stratified_test(df: pd.DataFrame, target: str, seed: int, description: str) -> BuiltinDataset:
+    from sklearn.model_selection import train_test_split
+
+    train, test = train_test_split(df, test_size=0.25, stratify=df[target], random_state=seed)
+    return BuiltinDataset(
+        train=train.reset_index(drop=True),
+        test=test.reset_index(drop=True),
+        target=target,
+        description=description,
+    )
+
+
+def _digits_ovr(seed: int) -> BuiltinDataset:
+    # One digit against the other nine, the digit subsampled (seeded) to 1:10.
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    X = pd.DataFrame(bunch.data, columns=[f"pixel_{i}" for i in range(bunch.data.shape[1])])
+    is_min = bunch.target == _DIGITS_MINORITY_DIGIT
+    X["digit"] = np.where(is_min, "eight", "other")
+    rest = np.flatnonzero(~is_min)
+    n_min = len(rest) // _DIGITS_RATIO
+    rng = np.random.default_rng(seed)
+    minority = np.sort(rng.choice(np.flatnonzero(is_min), n_min, replace=False))
+    df = X.iloc[np.sort(np.concatenate([rest, minority]))].reset_index(drop=True)
+    return _stratified_test(
+        df,
+        "digit",
+        seed,
+        f"scikit-learn digits, 8x8 pixels: digit 8 ({n_min}, subsampled) vs the other nine "
+        f"({len(rest)}), ~1:10; stratified 25% test split.",
+    )
+
+
+def _wine_ovr(seed: int) -> BuiltinDataset:
+    # One cultivar against the other two; natural imbalance (48 vs 130), no subsampling.
+    from sklearn.datasets import load_wine
+
+    bunch = load_wine()
+    X = pd.DataFrame(bunch.data, columns=list(bunch.feature_names))
+    is_min = bunch.target == _WINE_MINORITY_CULTIVAR
+    X["cultivar"] = np.where(is_min, "cultivar_3", "other")
+    return _stratified_test(
+        X,
+        "cultivar",
+        seed,
+        f"scikit-learn wine: cultivar 3 ({int(is_min.sum())}) vs the other two "
+        f"({int((~is_min).sum())}), ~1:2.7; stratified 25% test split.",
     )

@@ -298,23 +298,46 @@ class SyntheticAugmentationDataModule(pl.LightningDataModule):
         return split.pool
 
     def _fit_generator(self, split: PreparedSplit, k: int) -> SyntheticGenerator:
+        positions = torch.nonzero(split.y_train.cpu() == k).flatten().numpy()
+        where = f"class {self.classes_[k]!r} after the split"
+        return self.fit_generator(split, positions, self.seed * 1009 + k, where)
+
+    def fit_generator(
+        self, split: PreparedSplit, positions: np.ndarray, seed: int, where: str
+    ) -> SyntheticGenerator:
+        """A fresh copy of the template generator fitted on some of ``split``'s training rows.
+
+        ``positions`` index ``split.x_train``; frame generators get the same rows raw.
+        ``where`` names the rows in the error raised when there are too few of them.
+        """
         generator = copy.deepcopy(self.generator).to(self._device)
-        idx = torch.nonzero(split.y_train.cpu() == k).flatten().numpy()
         if generator.input_kind == "frame":
-            rows = _as_frame(_take(self._x_dev, split.train_index[idx]))
+            rows = _as_frame(_take(self._x_dev, split.train_index[positions]))
         else:
-            rows = split.x_train[torch.as_tensor(idx, device=split.x_train.device)]
+            rows = split.x_train[torch.as_tensor(positions, device=split.x_train.device)]
         if len(rows) < generator.min_rows:
             raise VTSSError(
-                f"class {self.classes_[k]!r} has {len(rows)} training row(s) after the split; "
-                f"{generator.name} needs at least {generator.min_rows}"
+                f"{where}: {len(rows)} training row(s), but {generator.name} needs at least "
+                f"{generator.min_rows}"
             )
-        return generator.fit(rows, split.preprocessor.schema, seed=self.seed * 1009 + k)
+        return generator.fit(rows, split.preprocessor.schema, seed=seed)
 
     def _sample(
         self, split: PreparedSplit, generator: SyntheticGenerator, k: int, m: int
     ) -> torch.Tensor:
-        rows = generator.sample(m, generator_seed=self.seed * 7919 + k)
+        where = f" for class {self.classes_[k]!r}"
+        return self.sample_encoded(split, generator, m, self.seed * 7919 + k, where)
+
+    def sample_encoded(
+        self,
+        split: PreparedSplit,
+        generator: SyntheticGenerator,
+        m: int,
+        seed: int,
+        where: str = "",
+    ) -> torch.Tensor:
+        """``m`` rows from ``generator``, encoded like ``split`` and checked (shape, finite)."""
+        rows = generator.sample(m, generator_seed=seed)
         if isinstance(rows, pd.DataFrame):
             rows = split.preprocessor.transform(rows)
         rows = torch.as_tensor(rows, dtype=torch.float32).reshape(m, -1).to(self._device)
@@ -324,9 +347,7 @@ class SyntheticAugmentationDataModule(pl.LightningDataModule):
                 f"{generator.name} returned rows of shape {tuple(rows.shape)}, expected ({m}, {width})"
             )
         if not torch.isfinite(rows).all():
-            raise VTSSError(
-                f"{generator.name} returned non-finite values for class {self.classes_[k]!r}"
-            )
+            raise VTSSError(f"{generator.name} returned non-finite values{where}")
         return rows
 
     def sizes_for_ratio(self, ratio: float) -> dict[int, int]:

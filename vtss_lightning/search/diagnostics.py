@@ -23,7 +23,6 @@ fitted on them) are ever read; validation and test rows are not touched.
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 from collections.abc import Iterator
@@ -32,11 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
-from vtss_lightning.data.datamodule import _as_frame, _take
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.head_stats import (
     balanced_weights,
@@ -208,36 +205,6 @@ def tg_candidate_ratios(
 
 
 # ------------------------------------------------------------------ generator
-def _fit_fold_generator(dm, split, positions: np.ndarray, seed: int, device: torch.device):
-    """A fresh copy of ``dm.generator`` fitted on some training rows (as the DataModule)."""
-    generator = copy.deepcopy(dm.generator).to(device)
-    if generator.input_kind == "frame":
-        rows = _as_frame(_take(dm._x_dev, split.train_index[positions]))
-    else:
-        rows = split.x_train[torch.as_tensor(positions, device=split.x_train.device)]
-    if len(rows) < generator.min_rows:
-        raise VTSSError(
-            f"TG-VTSS fits {generator.name} on {len(rows)} minority rows per fold; it needs at "
-            f"least {generator.min_rows}: use fewer folds or more data"
-        )
-    return generator.fit(rows, split.preprocessor.schema, seed=seed)
-
-
-def _sample_encoded(split, generator, m: int, seed: int, device: torch.device) -> torch.Tensor:
-    rows = generator.sample(m, generator_seed=seed)
-    if isinstance(rows, pd.DataFrame):
-        rows = split.preprocessor.transform(rows)
-    rows = torch.as_tensor(rows, dtype=torch.float32).reshape(m, -1).to(device)
-    width = split.x_train.shape[1]
-    if rows.shape != (m, width):
-        raise VTSSError(
-            f"{generator.name} returned rows of shape {tuple(rows.shape)}, expected ({m}, {width})"
-        )
-    if not torch.isfinite(rows).all():
-        raise VTSSError(f"{generator.name} returned non-finite values")
-    return rows
-
-
 @contextmanager
 def _seeded(seed: int) -> Iterator[None]:
     """Seed python, numpy and torch for the generators, restoring the RNGs after."""
@@ -385,11 +352,11 @@ def tg_diagnostics(
         delta_z, delta_raw, cov_syn = [], [], []
         for f, held in enumerate(parts):
             rest = np.concatenate([parts[j] for j in range(folds) if j != f])
-            generator = _fit_fold_generator(
-                dm, split, np.sort(positions[rest]), seed * 1009 + f, data_device
+            generator = dm.fit_generator(
+                split, np.sort(positions[rest]), seed * 1009 + f, "TG-VTSS cross-fitting fold"
             )
             m = max(_MIN_SYNTHETIC, _SYNTHETIC_PER_HELD_OUT * len(held))
-            synthetic = _sample_encoded(split, generator, m, seed * 7919 + f, data_device)
+            synthetic = dm.sample_encoded(split, generator, m, seed * 7919 + f)
             syn = class_scores(head_features(pilot, synthetic, device), basis, theta_z, 1.0, False)
             held_rows = torch.as_tensor(np.sort(positions[held]), device=xt.device)
             real = class_scores(xt[held_rows], basis, theta_z, 1.0, False)
