@@ -32,8 +32,9 @@ class TabularDataModule(SyntheticAugmentationDataModule):
     test_path
         Optional file with the same columns, used only for the final test metrics.
     dataset
-        Built-in dataset instead of a file: ``breast_cancer``, ``paper_linear`` or
-        ``paper_nonlinear`` (no download; see :mod:`vtss_lightning.data.builtin`).
+        Built-in dataset instead of a file: ``breast_cancer``, ``digits_ovr``,
+        ``wine_ovr``, ``paper_linear`` or ``paper_nonlinear`` (no download; see
+        :mod:`vtss_lightning.data.builtin`).
     categorical
         Columns to treat as categorical; default: every non-numeric column.
     scale
