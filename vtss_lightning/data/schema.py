@@ -23,14 +23,25 @@ class FeatureSchema:
         One tuple of column indices per categorical input column (its one-hot block).
     names
         Encoded column names, for messages and reports.
+    image_shape
+        ``(channels, height, width)`` when each row is a flattened image (pixel values
+        in ``[0, 1]``); image-aware generators and classifiers reshape rows to it.
+        ``None`` for tables.
     """
 
     n_features: int
     numeric: tuple[int, ...]
     categorical_groups: tuple[tuple[int, ...], ...] = ()
     names: tuple[str, ...] = field(default=())
+    image_shape: tuple[int, int, int] | None = None
 
     @classmethod
     def all_numeric(cls, n_features: int) -> FeatureSchema:
         """Schema for a matrix with only continuous columns (arrays, images)."""
         return cls(n_features=n_features, numeric=tuple(range(n_features)))
+
+    @classmethod
+    def image(cls, channels: int, height: int, width: int) -> FeatureSchema:
+        """Schema for flattened ``channels x height x width`` images (all numeric)."""
+        n = channels * height * width
+        return cls(n_features=n, numeric=tuple(range(n)), image_shape=(channels, height, width))
