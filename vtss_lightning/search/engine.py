@@ -6,10 +6,10 @@ import math
 import resource
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.grid import Candidate, build_candidates, max_sizes
@@ -52,8 +52,14 @@ class SearchEngine:
         self.folds, self.repeats = folds, repeats
         self.verbose = verbose
 
-    def run(self, dm, scorer: Scorer) -> VTSSResult:
+    def run(self, dm, scorer: Scorer, store: ScoreStore | None = None) -> VTSSResult:
+        """Score every candidate on every split; ``store`` keeps finished scores.
+
+        A store that already holds some (split, candidate) scores, e.g. from an
+        interrupted run, makes the engine skip those fits.
+        """
         start = time.perf_counter()
+        store = MemoryStore() if store is None else store
         holdout_gaps = dm.class_gaps()
         if not any(g > 0 for g in holdout_gaps.values()):
             return self._balanced_result(dm, start)
@@ -62,18 +68,29 @@ class SearchEngine:
         losses = [[math.nan] * len(splits) for _ in candidates]
         seconds = [0.0] * len(candidates)
         for s, split in enumerate(splits):
+            pending = []
+            for i in range(len(candidates)):
+                done = store.get(s, i)
+                if done is None:
+                    pending.append(i)
+                else:
+                    losses[i][s], secs = done
+                    seconds[i] += secs
+            if not pending:
+                continue
             ctx = nullcontext() if split is None else dm.use_split(*split)
             with ctx:
                 gaps = dm.class_gaps()
                 dm.prepare_pool(max_sizes(candidates, gaps))
                 scorer.begin_split(dm)
-                for i, cand in enumerate(candidates):
-                    t0 = time.perf_counter()
-                    loss = scorer.score(dm, cand.sizes(gaps))
-                    seconds[i] += time.perf_counter() - t0
-                    losses[i][s] = loss if math.isfinite(loss) else math.nan
+                jobs = [(i, candidates[i].sizes(gaps)) for i in pending]
+                for i, loss, secs in score_jobs(scorer, dm, jobs):
+                    loss = loss if math.isfinite(loss) else math.nan
+                    losses[i][s] = loss
+                    seconds[i] += secs
+                    store.put(s, i, loss, secs)
                     if self.verbose and split is None:
-                        self._progress(dm, i, len(candidates), cand, holdout_gaps, loss, seconds[i])
+                        self._progress(dm, i, len(candidates), candidates[i], holdout_gaps, loss, secs)
                 if self.verbose and split is not None:
                     best = min(range(len(candidates)), key=lambda i: _nan_last(losses[i][s]))
                     self._say(f"VTSS {split[0]}: best ratio here {_ratio_text(candidates[best])}")
@@ -178,6 +195,45 @@ class SearchEngine:
     @staticmethod
     def _say(line: str) -> None:
         print(line, file=sys.stdout, flush=True)
+
+
+class ScoreStore(Protocol):
+    """Where finished (split, candidate) scores live; a persistent one enables resume."""
+
+    def get(self, split: int, candidate: int) -> tuple[float, float] | None: ...
+
+    def put(self, split: int, candidate: int, loss: float, seconds: float) -> None: ...
+
+
+class MemoryStore:
+    """Scores kept for the duration of one search."""
+
+    def __init__(self) -> None:
+        self.scores: dict[tuple[int, int], tuple[float, float]] = {}
+
+    def get(self, split: int, candidate: int) -> tuple[float, float] | None:
+        return self.scores.get((split, candidate))
+
+    def put(self, split: int, candidate: int, loss: float, seconds: float) -> None:
+        self.scores[(split, candidate)] = (loss, seconds)
+
+
+def score_jobs(
+    scorer: Scorer, dm, jobs: list[tuple[int, dict[int, int]]]
+) -> Iterator[tuple[int, float, float]]:
+    """Yield ``(candidate index, loss, seconds)`` for each job, as each finishes.
+
+    Scorers that train several candidates at once implement ``score_many`` (same
+    contract: a generator over the jobs); others are called one candidate at a time.
+    """
+    many = getattr(scorer, "score_many", None)
+    if many is not None:
+        yield from many(dm, jobs)
+        return
+    for i, sizes in jobs:
+        t0 = time.perf_counter()
+        loss = scorer.score(dm, sizes)
+        yield i, loss, time.perf_counter() - t0
 
 
 def _named(dm, sizes: Mapping[int, int]) -> dict[str, int]:
