@@ -365,3 +365,52 @@ def test_minority_label_may_be_class_zero():
     assert a["t_sym"] == pytest.approx(b["t_sym"], rel=1e-6)
     assert a["gqs"] == pytest.approx(b["gqs"], rel=1e-6)
     assert a["rho"] == pytest.approx(b["rho"], rel=1e-6)
+
+
+class _ShiftedGaussian(SyntheticGenerator):
+    """N(c e1, I): the realistic aligned generator of PAPER.md experiment 4."""
+
+    def __init__(self, c: float) -> None:
+        super().__init__()
+        self.c = c
+
+    def _fit(self, x, schema, seed):
+        self.d = x.shape[1]
+
+    def _sample(self, n, seed):
+        z = torch.randn(n, self.d, generator=cpu_generator(seed))
+        z[:, 0] += self.c
+        return z
+
+
+def test_squared_loss_pilot_recovers_the_papers_rho():
+    """Experiment 4's law: rho = (1 - c)(2 - c)/2 exactly for the squared loss."""
+    c, n1 = 0.6, 2000
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(size=(20 * n1, 2)), rng.normal(size=(n1, 2)) + [1.0, 0.0]])
+    y = np.r_[np.zeros(20 * n1, int), np.ones(n1, int)]
+    dm = TabularDataModule.from_arrays(x.astype(np.float32), y, scale=False, generator=_ShiftedGaussian(c))
+    dm.setup()
+    pilot = TabularClassifier(loss="mse", fit_intercept=False)
+    pilot.configure_from_data(dm)
+    diag = tg_diagnostics(pilot, dm, seed=0)
+    assert diag.rho == pytest.approx((1 - c) * (2 - c) / 2, abs=0.03)
+    assert diag.theory_target == pytest.approx(diag.gap / (1 - 2 * diag.rho))
+    assert diag.regime == "local asymmetry"
+    # the log-loss head on the same rows reads a different rho: the loss matters
+    log_diag = tg_diagnostics(logreg(dm, fit_intercept=False), dm, seed=0)
+    assert abs(log_diag.rho - diag.rho) > 0.01
+
+
+def test_least_squares_head_solves_the_balanced_normal_equations():
+    from vtss_lightning.search.head_stats import balanced_weights, fit_head
+
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(300, 3, generator=gen, dtype=torch.float64)
+    yb = (torch.rand(300, generator=gen) < 0.2).to(torch.float64)
+    w = balanced_weights(yb)
+    theta = fit_head(z, yb, w, "squared")
+    grad = z.T @ (w * (z @ theta - yb))
+    assert grad.abs().max() < 1e-5  # ridge 1e-6 only
+    with pytest.raises(VTSSError, match="head loss"):
+        fit_head(z, yb, w, "hinge")

@@ -39,9 +39,10 @@ from vtss_lightning.search.head_stats import (
     balanced_weights,
     class_scores,
     fit_balanced_logistic,
-    fit_logistic,
+    fit_head,
     head_features,
     head_layer,
+    pilot_head_loss,
     psd_solve,
     wald_statistic,
     whitening_basis,
@@ -256,11 +257,14 @@ def tg_diagnostics(
       ``2 E_P0[p(x)] > 0``, so local symmetry is only ever found for heads without
       an intercept (as in the paper's symmetric mean-shift experiment); with one,
       the imbalance always biases the intercept and the test (rightly) rejects.
-    * ``theta`` maximises the balanced-weighted log likelihood (weights ``1/2n0``,
-      ``1/2n1``, ridge 1e-6), so ``g0 + g1 = 0`` at ``theta``. Scores are the log-loss
-      gradients ``(p - y) x~``; ``g_k`` their class means, ``Sigma_k`` their centred
-      class covariances (divisor ``n_k - 1``), ``H_k`` the class-mean Hessians
-      ``p (1 - p) x~ x~'``, all at ``theta``.
+    * ``theta`` minimises the balanced-weighted loss of the pilot's kind (weights
+      ``1/2n0``, ``1/2n1``, ridge 1e-6): log loss, or for pilots trained with
+      ``loss="mse"`` the squared loss on the minority indicator. So ``g0 + g1 = 0``
+      at ``theta``. Scores are the loss gradients ``(mu - y) x~`` (``mu`` = sigmoid
+      of the head's output for log loss, the output itself for squared loss);
+      ``g_k`` their class means, ``Sigma_k`` their centred class covariances (divisor
+      ``n_k - 1``), ``H_k`` the class-mean Hessians (``p (1 - p) x~ x~'`` for log
+      loss, ``x~ x~'`` for squared loss), all at ``theta``.
     * ``df`` is the rank of the design (``= p`` unless features are constant or
       collinear, e.g. dead ReLU units; the statistics then live on its row space).
     * Class 1 in the formulas is the class with fewer training rows, whatever its
@@ -302,6 +306,7 @@ def tg_diagnostics(
     if n1 < max(2, folds):
         raise VTSSError(f"TG-VTSS needs at least {max(2, folds)} minority training rows, got {n1}")
     yb = (y == minority).to(torch.float64)
+    loss = pilot_head_loss(pilot)
     notes: list[str] = []
 
     with _seeded(seed):
@@ -313,12 +318,12 @@ def tg_diagnostics(
                 f"the head's design has rank {df} < {xt.shape[1]} parameters (constant or "
                 "collinear features); the test uses its row space"
             )
-        theta_z = fit_logistic(xt @ basis, yb, balanced_weights(yb))
+        theta_z = fit_head(xt @ basis, yb, balanced_weights(yb), loss)
         is0, is1 = yb == 0, yb == 1
-        s0 = class_scores(xt[is0], basis, theta_z, 0.0, hessian=True)
-        s1 = class_scores(xt[is1], basis, theta_z, 1.0, hessian=True)
+        s0 = class_scores(xt[is0], basis, theta_z, 0.0, hessian=True, loss=loss)
+        s1 = class_scores(xt[is1], basis, theta_z, 1.0, hessian=True, loss=loss)
         prob = torch.sigmoid(xt @ basis @ theta_z)
-        if float(prob[is0].max()) < 1e-3 and float(prob[is1].min()) > 1 - 1e-3:
+        if loss == "log" and float(prob[is0].max()) < 1e-3 and float(prob[is1].min()) > 1 - 1e-3:
             notes.append(
                 "the classes are (nearly) separable in the pilot's features; the "
                 "statistics below are unreliable"
@@ -357,9 +362,10 @@ def tg_diagnostics(
             )
             m = max(_MIN_SYNTHETIC, _SYNTHETIC_PER_HELD_OUT * len(held))
             synthetic = dm.sample_encoded(split, generator, m, seed * 7919 + f)
-            syn = class_scores(head_features(pilot, synthetic, device), basis, theta_z, 1.0, False)
+            syn_x = head_features(pilot, synthetic, device)
+            syn = class_scores(syn_x, basis, theta_z, 1.0, False, loss)
             held_rows = torch.as_tensor(np.sort(positions[held]), device=xt.device)
-            real = class_scores(xt[held_rows], basis, theta_z, 1.0, False)
+            real = class_scores(xt[held_rows], basis, theta_z, 1.0, False, loss)
             delta_z.append(syn.mean - real.mean)
             delta_raw.append(syn.raw_mean - real.raw_mean)
             cov_syn.append(syn.cov)

@@ -1,9 +1,10 @@
-"""Statistics of a classifier's last layer: features, balanced logistic head, scores.
+"""Statistics of a classifier's last layer: features, balanced head, scores.
 
 TG-VTSS works in the parameters of the output layer (penultimate features plus
-intercept), where the logistic loss has closed-form per-row scores and Hessians;
-this module computes them in torch, batched, on the features' device. Exact for
-logistic regression, the last-layer approximation for deeper models.
+intercept), where the logistic and the squared loss have closed-form per-row scores
+and Hessians; this module computes them in torch, batched, on the features' device.
+Exact for logistic (or least-squares) linear models, the last-layer approximation for
+deeper models.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from torch import nn
 
 from vtss_lightning.errors import VTSSError
 
+#: Losses the head can be refitted with: the pilot's own (log loss, or squared loss
+#: for ``TabularClassifier(loss="mse")``).
+HEAD_LOSSES = ("log", "squared")
 RANK_TOL = 1e-10  # eigenvalues of the normalised Gram matrix below this (relative) are dropped
 ROWS_PER_FORWARD = 8192
 
@@ -179,6 +183,30 @@ def fit_logistic(
     return est
 
 
+def fit_least_squares(
+    z: torch.Tensor, yb: torch.Tensor, w: torch.Tensor, ridge: float = 1e-6
+) -> torch.Tensor:
+    """Weighted least squares of ``yb`` on ``z`` (closed form, ridge ``ridge``)."""
+    eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
+    return psd_solve((z * w[:, None]).T @ z + ridge * eye, z.T @ (w * yb))
+
+
+def fit_head(z: torch.Tensor, yb: torch.Tensor, w: torch.Tensor, loss: str = "log") -> torch.Tensor:
+    """The balanced head in coordinates ``z`` under ``loss`` (one of HEAD_LOSSES)."""
+    if loss == "log":
+        return fit_logistic(z, yb, w)
+    if loss == "squared":
+        return fit_least_squares(z, yb, w)
+    raise VTSSError(f"head loss must be one of {', '.join(HEAD_LOSSES)}, got {loss!r}")
+
+
+def pilot_head_loss(pilot: nn.Module) -> str:
+    """``"squared"`` for models trained on the squared loss (``loss="mse"``), else log."""
+    hparams = getattr(pilot, "hparams", None)
+    name = hparams.get("loss") if hasattr(hparams, "get") else getattr(pilot, "loss", None)
+    return "squared" if name == "mse" else "log"
+
+
 def fit_balanced_logistic(
     features: torch.Tensor, y: torch.Tensor, ridge: float = 1e-6
 ) -> torch.Tensor:
@@ -205,11 +233,15 @@ def balanced_weights(yb: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ClassScores:
-    """Per-row log-loss scores ``(p - y) x~`` of one set of rows at the pilot head."""
+    """Per-row scores ``(mu(eta) - y) x~`` of one set of rows at the balanced head.
 
-    z: torch.Tensor  # (n, r) whitened coordinates
+    ``mu`` is the sigmoid for the log loss and the identity for the squared loss
+    (whose score is the gradient of ``(eta - y)^2 / 2``).
+    """
+
+    z: torch.Tensor  # (n, r) scores in whitened coordinates
     raw_mean: torch.Tensor  # (p,) mean score in the head's own coordinates
-    hess: torch.Tensor | None  # (r, r) mean p(1-p) z z'
+    hess: torch.Tensor | None  # (r, r) mean curvature-weighted z z'
 
     @property
     def n(self) -> int:
@@ -226,12 +258,21 @@ class ClassScores:
 
 
 def class_scores(
-    xt: torch.Tensor, basis: torch.Tensor, theta_z: torch.Tensor, label: float, hessian: bool
+    xt: torch.Tensor,
+    basis: torch.Tensor,
+    theta_z: torch.Tensor,
+    label: float,
+    hessian: bool,
+    loss: str = "log",
 ) -> ClassScores:
     z = xt @ basis
-    prob = torch.sigmoid(z @ theta_z)
-    resid = prob - label
-    hess = (z * (prob * (1 - prob))[:, None]).T @ z / len(z) if hessian else None
+    eta = z @ theta_z
+    if loss == "squared":
+        resid, curvature = eta - label, torch.ones_like(eta)
+    else:
+        prob = torch.sigmoid(eta)
+        resid, curvature = prob - label, prob * (1 - prob)
+    hess = (z * curvature[:, None]).T @ z / len(z) if hessian else None
     return ClassScores(resid[:, None] * z, (resid[:, None] * xt).mean(0), hess)
 
 
