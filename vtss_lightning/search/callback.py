@@ -13,7 +13,9 @@ from pytorch_lightning.callbacks import Callback
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.engine import SearchEngine
 from vtss_lightning.search.objective import test_metrics
+from vtss_lightning.search.progress import PROGRESS_NAME, ProgressStore, search_fingerprint
 from vtss_lightning.search.report import VTSSResult
+from vtss_lightning.search.sample_grid import write_sample_grid
 from vtss_lightning.search.selection import check_rule
 from vtss_lightning.search.strategies import (
     STRATEGIES,
@@ -66,6 +68,11 @@ class VTSSCallback(Callback):
         One progress line per candidate; ``False`` is quiet.
     seed
         Seed of every candidate fit.
+    progress, progress_path
+        Append each finished fit to a progress file (default
+        ``<default_root_dir>/vtss_progress.jsonl``) so that rerunning a command killed
+        mid-search skips the finished candidates; the file is removed once the
+        report is written. ``progress=False`` keeps nothing on disk.
     """
 
     def __init__(
@@ -80,6 +87,8 @@ class VTSSCallback(Callback):
         selection: Literal["min", "one_se", "smooth"] = "min",
         verbose: bool = True,
         seed: int = 0,
+        progress: bool = True,
+        progress_path: str | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise VTSSError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -94,6 +103,7 @@ class VTSSCallback(Callback):
         if grid == "tg" and (ratios is not None or sizes is not None):
             raise VTSSError('grid="tg" chooses its own candidates; drop ratios= and sizes=')
         self.grid = grid
+        self.progress, self.progress_path = progress, progress_path
         self.result: VTSSResult | None = None
         self._fit_started: float | None = None
 
@@ -106,7 +116,9 @@ class VTSSCallback(Callback):
         dm = _vtss_datamodule(trainer)
         dm.to_device(trainer.strategy.root_device)  # pool and batches live where training runs
         if self.result is None:
-            self.result = run_search(self, dm, pl_module, TrainerSettings.from_trainer(trainer))
+            settings = TrainerSettings.from_trainer(trainer)
+            path = self._progress_file(trainer)
+            self.result = run_search(self, dm, pl_module, settings, path, trainer.is_global_zero)
         dm.set_synthetic_sizes(self.result.selected_index_sizes)
         self._log_curve(trainer)
 
@@ -123,9 +135,20 @@ class VTSSCallback(Callback):
         dm = trainer.datamodule
         if dm.has_test:
             self.result.test_metrics = test_metrics(pl_module, dm.x_test, dm.y_test, dm.num_classes)
+        grid = write_sample_grid(dm, report_dir(trainer))  # image data only
+        if grid is not None:
+            self.result.diagnostics["sample_grid"] = grid.name
         report, _ = self.result.write(report_dir(trainer))
+        progress = self._progress_file(trainer)
+        if progress is not None:
+            progress.unlink(missing_ok=True)  # the report (and any checkpoint) now hold it
         if self.verbose:
             print(f"VTSS report written to {report}", flush=True)
+
+    def _progress_file(self, trainer: pl.Trainer) -> Path | None:
+        if not self.progress:
+            return None
+        return Path(self.progress_path or Path(trainer.default_root_dir) / PROGRESS_NAME)
 
     # --------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -156,9 +179,18 @@ class VTSSCallback(Callback):
 
 
 def run_search(
-    cfg: VTSSCallback, dm, module: pl.LightningModule, settings: TrainerSettings
+    cfg: VTSSCallback,
+    dm,
+    module: pl.LightningModule,
+    settings: TrainerSettings,
+    progress_path: str | Path | None = None,
+    write_progress: bool = True,
 ) -> VTSSResult:
-    """Run the engine with the callback's settings; shared with :class:`VTSSTuner`."""
+    """Run the engine with the callback's settings; shared with :class:`VTSSTuner`.
+
+    With ``progress_path``, finished fits are kept in that file and a rerun with the
+    same configuration and data skips them (:class:`ProgressStore`).
+    """
     sizes = None if cfg.sizes is None else [_sizes_by_index(dm, s) for s in cfg.sizes]
     ratios, tg = cfg.ratios, None
     if cfg.grid == "tg":
@@ -166,7 +198,11 @@ def run_search(
         ratios = tg.candidate_ratios
     engine = SearchEngine(ratios, sizes, cfg.folds, cfg.repeats, cfg.verbose, cfg.selection)
     scorer = make_scorer(cfg.strategy, module, settings, cfg.seed, cfg.finetune_fraction)
-    result = engine.run(dm, scorer)
+    store = None
+    if progress_path is not None:
+        key = search_fingerprint(cfg, dm, module, settings, ratios)
+        store = ProgressStore(progress_path, key, write=write_progress, verbose=cfg.verbose)
+    result = engine.run(dm, scorer, store)
     if tg is not None:
         result.diagnostics["tg"] = tg.to_dict()
     result.config = {

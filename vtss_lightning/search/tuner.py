@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -32,12 +33,21 @@ class VTSSTuner:
         self.settings = TrainerSettings.from_kwargs(trainer_kwargs)
         self.config = VTSSCallback(**search_kwargs)
 
-    def search(self, model: pl.LightningModule, datamodule) -> VTSSResult:
+    def search(
+        self, model: pl.LightningModule, datamodule, progress_path: str | Path | None = None
+    ) -> VTSSResult:
+        """Run the search; with ``progress_path`` a killed search resumes where it stopped.
+
+        Every finished fit is appended to that file; calling ``search`` again with the
+        same model, data and settings skips them. The file is kept afterwards (delete
+        it to search afresh); a file from another configuration is ignored.
+        """
         datamodule.prepare_data()
         datamodule.setup("fit")
         datamodule.to_device(self.settings.device())
         if hasattr(model, "configure_from_data"):
             model.configure_from_data(datamodule)
-        result = run_search(self.config, datamodule, model, self.settings)
+        path = progress_path or self.config.progress_path
+        result = run_search(self.config, datamodule, model, self.settings, path)
         datamodule.set_synthetic_sizes(result.selected_index_sizes)
         return result
