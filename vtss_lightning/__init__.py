@@ -1,10 +1,15 @@
 """vtss-lightning: validation-tuned synthetic size for imbalanced classification."""
 
-from vtss_lightning.data import SyntheticAugmentationDataModule, TabularDataModule
+from vtss_lightning.data import (
+    ImageDataModule,
+    SyntheticAugmentationDataModule,
+    TabularDataModule,
+)
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.search import VTSSCallback, VTSSResult, VTSSTuner
 
 __all__ = [
+    "ImageDataModule",
     "SyntheticAugmentationDataModule",
     "TabularDataModule",
     "VTSSCallback",

@@ -46,14 +46,19 @@ class TensorBatches:
         n = len(self.y)
         return 0 if n == 0 else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def next_order(self) -> torch.Tensor | None:
+        """This pass's row permutation (``None``: keep the order); advances the pass."""
         n = len(self.y)
+        order = None
         if self.shuffle and n > self.batch_size:
             gen = torch.Generator().manual_seed(self.seed + self._passes)
             order = torch.randperm(n, generator=gen).to(self.x.device, non_blocking=True)
-            x, y = self.x[order], self.y[order]
-        else:
-            x, y = self.x, self.y
         self._passes += 1
+        return order
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.y)
+        order = self.next_order()
+        x, y = (self.x, self.y) if order is None else (self.x[order], self.y[order])
         for start in range(0, n, self.batch_size):
             yield x[start : start + self.batch_size], y[start : start + self.batch_size]

@@ -1,5 +1,6 @@
 """Classifiers that size themselves from a VTSS DataModule."""
 
+from vtss_lightning.models.image import ImageClassifier
 from vtss_lightning.models.tabular import TabularClassifier
 
-__all__ = ["TabularClassifier"]
+__all__ = ["ImageClassifier", "TabularClassifier"]
