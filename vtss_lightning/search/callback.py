@@ -15,6 +15,7 @@ from vtss_lightning.search.engine import SearchEngine
 from vtss_lightning.search.objective import test_metrics
 from vtss_lightning.search.progress import PROGRESS_NAME, ProgressStore, search_fingerprint
 from vtss_lightning.search.report import VTSSResult
+from vtss_lightning.search.sample_grid import write_sample_grid
 from vtss_lightning.search.selection import check_rule
 from vtss_lightning.search.strategies import (
     STRATEGIES,
@@ -134,6 +135,9 @@ class VTSSCallback(Callback):
         dm = trainer.datamodule
         if dm.has_test:
             self.result.test_metrics = test_metrics(pl_module, dm.x_test, dm.y_test, dm.num_classes)
+        grid = write_sample_grid(dm, report_dir(trainer))  # image data only
+        if grid is not None:
+            self.result.diagnostics["sample_grid"] = grid.name
         report, _ = self.result.write(report_dir(trainer))
         progress = self._progress_file(trainer)
         if progress is not None:
