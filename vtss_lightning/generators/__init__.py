@@ -10,7 +10,7 @@ License 1.1).
 
 from vtss_lightning.generators.base import SyntheticGenerator
 from vtss_lightning.generators.gaussian import GaussianGenerator
-from vtss_lightning.generators.jitter import JitterGenerator
+from vtss_lightning.generators.jitter import JitterGenerator, RandomOversampler
 from vtss_lightning.generators.sdv import CTGANGenerator, GaussianCopulaGenerator, TVAEGenerator
 from vtss_lightning.generators.smote import SMOTEGenerator
 
@@ -19,6 +19,7 @@ __all__ = [
     "GaussianCopulaGenerator",
     "GaussianGenerator",
     "JitterGenerator",
+    "RandomOversampler",
     "SMOTEGenerator",
     "SyntheticGenerator",
     "TVAEGenerator",

@@ -60,3 +60,20 @@ class JitterGenerator(SyntheticGenerator):
 
     def __repr__(self) -> str:
         return f"JitterGenerator(scale={self.scale})"
+
+
+class RandomOversampler(JitterGenerator):
+    """Random oversampling: exact copies of the class's training rows, drawn with
+    replacement (imbalanced-learn's ``RandomOverSampler`` as a generator).
+
+    The classic non-synthetic baseline; at ``synthetic_ratio=1.0`` it balances the
+    classes by duplication. It is :class:`JitterGenerator` with no noise.
+    """
+
+    name: ClassVar[str] = "random_oversampling"
+
+    def __init__(self) -> None:
+        super().__init__(scale=0.0)
+
+    def __repr__(self) -> str:
+        return "RandomOversampler()"
