@@ -337,17 +337,32 @@ class SyntheticAugmentationDataModule(pl.LightningDataModule):
         where: str = "",
     ) -> torch.Tensor:
         """``m`` rows from ``generator``, encoded like ``split`` and checked (shape, finite)."""
-        rows = generator.sample(m, generator_seed=seed)
+        who = f"{generator.name}{where}"
+        try:
+            rows = generator.sample(m, generator_seed=seed)
+        except VTSSError as exc:
+            raise VTSSError(f"{exc}{where}") from None
         if isinstance(rows, pd.DataFrame):
-            rows = split.preprocessor.transform(rows)
-        rows = torch.as_tensor(rows, dtype=torch.float32).reshape(m, -1).to(self._device)
+            columns = getattr(split.preprocessor, "columns", [])
+            missing = [c for c in columns if c not in rows.columns]
+            if missing:
+                raise VTSSError(f"{who} returned rows without column(s) {missing[:5]}")
+            try:
+                rows = split.preprocessor.transform(rows)
+            except VTSSError as exc:
+                raise VTSSError(f"{who} returned unusable rows: {exc}") from None
+        rows = torch.as_tensor(rows, dtype=torch.float32)
+        if rows.ndim == 0 or len(rows) != m:
+            n = len(rows) if rows.ndim else 0
+            raise VTSSError(f"{who} returned {n} rows when {m} were asked for")
+        rows = rows.reshape(m, -1).to(self._device)
         width = split.x_train.shape[1]
         if rows.shape != (m, width):
             raise VTSSError(
-                f"{generator.name} returned rows of shape {tuple(rows.shape)}, expected ({m}, {width})"
+                f"{who} returned rows of shape {tuple(rows.shape)}, expected ({m}, {width})"
             )
         if not torch.isfinite(rows).all():
-            raise VTSSError(f"{generator.name} returned non-finite values{where}")
+            raise VTSSError(f"{who} returned non-finite values (NaN or ±inf)")
         return rows
 
     def sizes_for_ratio(self, ratio: float) -> dict[int, int]:

@@ -13,19 +13,60 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from vtss_lightning.data.schema import FeatureSchema
 from vtss_lightning.errors import VTSSError
 
+#: A text column whose values are at least this share numbers is a numeric column
+#: with a few unparseable entries (``"?"``, ``"n/a"``, ``"1,5"``), not a category.
+NUMERIC_SHARE = 0.8
+
 
 def infer_categorical(frame: pd.DataFrame, categorical: list[str] | None = None) -> list[str]:
-    """Columns treated as categorical: the given list, else every non-numeric column."""
+    """Columns treated as categorical: the given list, else every non-numeric column.
+
+    A numeric column must hold numbers only: a listed ``categorical`` makes every
+    other column numeric, and an unlisted text column that is mostly numbers is taken
+    for a numeric column with typos. Either way an unparseable value is a
+    ``VTSSError`` naming the column and the values, not a silent one-hot encoding.
+    """
     if categorical is not None:
         missing = [c for c in categorical if c not in frame.columns]
         if missing:
             raise VTSSError(f"categorical column(s) {missing} not found in the data")
+        for c in frame.columns:
+            if c not in categorical:
+                _check_numbers(frame[c], c, share=0.0)
         return list(categorical)
-    return [
-        c
-        for c in frame.columns
-        if not pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c])
-    ]
+    out = []
+    for c in frame.columns:
+        col = frame[c]
+        if pd.api.types.is_bool_dtype(col):
+            out.append(c)
+        elif not pd.api.types.is_numeric_dtype(col):
+            _check_numbers(col, c, share=NUMERIC_SHARE)
+            out.append(c)
+    return out
+
+
+def _check_numbers(col: pd.Series, name: str, share: float) -> None:
+    """Raise when ``col`` is (at least ``share``) numbers but some values are not."""
+    if pd.api.types.is_numeric_dtype(col):
+        return
+    present = col.dropna()
+    if len(present) == 0:
+        return
+    parsed = pd.to_numeric(present.astype(str).str.strip(), errors="coerce")
+    bad = present[parsed.isna()]
+    if len(bad) and (share == 0.0 or 1 - len(bad) / len(present) >= share):
+        examples = ", ".join(repr(v) for v in pd.unique(bad)[:3])
+        raise VTSSError(
+            f"numeric column {name!r} has {len(bad)} value(s) that are not numbers "
+            f"(e.g. {examples}); fix or blank them, or list the column in categorical="
+        )
+
+
+def _check_no_inf(frame: pd.DataFrame, numeric: list[str]) -> None:
+    for col in numeric:
+        values = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=np.float64)
+        if np.isinf(values).any():
+            raise VTSSError(f"column {col!r} contains ±inf values; replace them or drop the rows")
 
 
 class TabularPreprocessor:
@@ -55,12 +96,8 @@ class TabularPreprocessor:
     def fit(self, frame: pd.DataFrame) -> TabularPreprocessor:
         self.columns = list(frame.columns)
         numeric = [c for c in self.columns if c not in self.categorical]
-        for col in numeric:
-            values = frame[col].to_numpy(dtype=np.float64)
-            if np.isinf(values).any():
-                raise VTSSError(
-                    f"column {col!r} contains ±inf values; replace them or drop the rows"
-                )
+        self._numeric = numeric
+        _check_no_inf(frame, numeric)
         self.imputed_columns = [c for c in self.columns if frame[c].isna().any()]
         num_steps: list = [("impute", SimpleImputer(strategy="median", keep_empty_features=True))]
         if self.scale:
@@ -81,11 +118,16 @@ class TabularPreprocessor:
     def transform(self, frame: pd.DataFrame) -> torch.Tensor:
         if self._transformer is None:
             raise VTSSError("preprocessor used before fit()")
+        _check_no_inf(frame, self._numeric)  # validation and test rows too
         out = self._transformer.transform(self._as_input(frame[self.columns]))
         return torch.as_tensor(np.asarray(out, dtype=np.float32))
 
     def _as_input(self, frame: pd.DataFrame) -> pd.DataFrame:
         frame = frame.copy()
+        for col in self._numeric:
+            if not pd.api.types.is_numeric_dtype(frame[col]):  # numbers read as text
+                _check_numbers(frame[col], col, share=0.0)
+                frame[col] = pd.to_numeric(frame[col], errors="coerce")
         for col in self.categorical:
             frame[col] = frame[col].map(lambda v: v if pd.isna(v) else str(v)).astype(object)
         return frame
