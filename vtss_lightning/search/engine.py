@@ -13,6 +13,12 @@ from typing import Any, Protocol
 
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.grid import Candidate, build_candidates, max_sizes
+from vtss_lightning.search.guard import (
+    CandidateFailed,
+    device_peak_mb,
+    pool_megabytes,
+    score_guarded,
+)
 from vtss_lightning.search.report import CandidateResult, VTSSResult
 from vtss_lightning.search.selection import check_rule, select
 from vtss_lightning.search.strategies import Scorer
@@ -67,6 +73,8 @@ class SearchEngine:
         splits = [None] if self.folds is None else list(dm.fold_indices(self.folds, self.repeats))
         losses = [[math.nan] * len(splits) for _ in candidates]
         seconds = [0.0] * len(candidates)
+        notes: dict[int, str] = {}  # why a candidate failed or was trained differently
+        pool_mb = 0.0
         for s, split in enumerate(splits):
             pending = []
             for i in range(len(candidates)):
@@ -81,10 +89,10 @@ class SearchEngine:
             ctx = nullcontext() if split is None else dm.use_split(*split)
             with ctx:
                 gaps = dm.class_gaps()
-                dm.prepare_pool(max_sizes(candidates, gaps))
+                pool_mb = max(pool_mb, pool_megabytes(dm.prepare_pool(max_sizes(candidates, gaps))))
                 scorer.begin_split(dm)
                 jobs = [(i, candidates[i].sizes(gaps)) for i in pending]
-                for i, loss, secs in score_jobs(scorer, dm, jobs):
+                for i, loss, secs in score_jobs(scorer, dm, jobs, notes):
                     loss = loss if math.isfinite(loss) else math.nan
                     losses[i][s] = loss
                     seconds[i] += secs
@@ -95,8 +103,8 @@ class SearchEngine:
                     best = min(range(len(candidates)), key=lambda i: _nan_last(losses[i][s]))
                     self._say(f"VTSS {split[0]}: best ratio here {_ratio_text(candidates[best])}")
         results = [
-            self._candidate_result(dm, cand, holdout_gaps, row, secs)
-            for cand, row, secs in zip(candidates, losses, seconds, strict=True)
+            self._candidate_result(dm, cand, holdout_gaps, row, secs, notes.get(i))
+            for i, (cand, row, secs) in enumerate(zip(candidates, losses, seconds, strict=True))
         ]
         if self.verbose and self.folds is not None:
             for i, (cand, res) in enumerate(zip(candidates, results, strict=True)):
@@ -114,7 +122,12 @@ class SearchEngine:
                 **self._diagnostics(dm, holdout_gaps, len(splits)),
                 **self._spread(results, losses, balance_total),
             },
-            timing={"search_seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb()},
+            timing={
+                "search_seconds": time.perf_counter() - start,
+                "peak_rss_mb": _peak_rss_mb(),
+                "pool_mb": pool_mb,
+                **device_peak_mb(),
+            },
         )
         if self.verbose:
             self._say(result.summary())
@@ -122,16 +135,19 @@ class SearchEngine:
 
     # ---------------------------------------------------------------- helpers
     def _candidate_result(
-        self, dm, cand: Candidate, gaps, row: list[float], secs: float
+        self, dm, cand: Candidate, gaps, row: list[float], secs: float, note: str | None = None
     ) -> CandidateResult:
         failed = any(math.isnan(v) for v in row)
+        status = "failed: non-finite validation loss" if failed else "ok"
+        if note is not None and (failed or not note.startswith("failed")):
+            status = note
         return CandidateResult(
             ratio=cand.ratio,
             sizes=_named(dm, cand.sizes(gaps)),
             val_balanced_loss=None if failed else sum(row) / len(row),
             fold_losses=[None if math.isnan(v) else v for v in row] if len(row) > 1 else [],
             seconds=secs,
-            status="failed: non-finite validation loss" if failed else "ok",
+            status=status,
         )
 
     def _spread(self, results, losses, balance_total) -> dict[str, Any]:
@@ -219,12 +235,14 @@ class MemoryStore:
 
 
 def score_jobs(
-    scorer: Scorer, dm, jobs: list[tuple[int, dict[int, int]]]
+    scorer: Scorer, dm, jobs: list[tuple[int, dict[int, int]]], notes: dict | None = None
 ) -> Iterator[tuple[int, float, float]]:
     """Yield ``(candidate index, loss, seconds)`` for each job, as each finishes.
 
     Scorers that train several candidates at once implement ``score_many`` (same
-    contract: a generator over the jobs); others are called one candidate at a time.
+    contract: a generator over the jobs); others are called one candidate at a time,
+    each retried at a smaller batch after running out of memory and, failing that,
+    scored NaN with the reason in ``notes`` (:mod:`vtss_lightning.search.guard`).
     """
     many = getattr(scorer, "score_many", None)
     if many is not None:
@@ -232,7 +250,12 @@ def score_jobs(
         return
     for i, sizes in jobs:
         t0 = time.perf_counter()
-        loss = scorer.score(dm, sizes)
+        try:
+            loss, note = score_guarded(scorer, dm, sizes)
+        except CandidateFailed as exc:
+            loss, note = math.nan, str(exc)
+        if note is not None and notes is not None:
+            notes[i] = note
         yield i, loss, time.perf_counter() - t0
 
 

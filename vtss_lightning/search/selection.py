@@ -51,7 +51,8 @@ def select(
     ok = [c for c in results if c.val_balanced_loss is not None]
     if not ok:
         raise VTSSError(
-            "every candidate failed (non-finite validation loss); lower the learning rate"
+            f"every candidate failed ({results[0].status.removeprefix('failed: ')}); lower "
+            "the learning rate (non-finite loss) or the model/batch size (out of memory)"
         )
     if rule == "min":
         return _lowest(ok, [c.val_balanced_loss for c in ok])
