@@ -341,7 +341,7 @@ class SyntheticAugmentationDataModule(pl.LightningDataModule):
         try:
             rows = generator.sample(m, generator_seed=seed)
         except VTSSError as exc:
-            raise VTSSError(f"{exc}{where}") from None
+            raise VTSSError(f"{exc} (sampling{where})") from None
         if isinstance(rows, pd.DataFrame):
             columns = getattr(split.preprocessor, "columns", [])
             missing = [c for c in columns if c not in rows.columns]

@@ -32,6 +32,11 @@ def read_table(path: str | Path, what: str = "path") -> pd.DataFrame:
         frame = reader(p)
     except pd.errors.EmptyDataError:
         raise VTSSError(f"{what} {str(path)!r} is empty") from None
+    except ImportError:  # Parquet without pyarrow/fastparquet
+        raise VTSSError(
+            f"reading {what} {str(path)!r} needs a Parquet engine: pip install pyarrow "
+            "(or save the table as CSV)"
+        ) from None
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise VTSSError(f"cannot read {what} {str(path)!r}: {str(exc).splitlines()[0]}") from None
     if frame.empty:
