@@ -173,14 +173,24 @@ class RetrainScorer:
     """
 
     def __init__(
-        self, template: pl.LightningModule, settings: TrainerSettings, seed: int = 0
+        self,
+        template: pl.LightningModule,
+        settings: TrainerSettings,
+        seed: int = 0,
+        keep_states: bool = False,
     ) -> None:
         self.template = template
         self.settings = settings
         self.seed = seed
+        self.keep_states = keep_states  # keep trained weights so the winner can be reused
+        self._states: dict[tuple, dict[str, torch.Tensor]] = {}
 
     def begin_split(self, dm) -> None:
-        return None
+        self._states.clear()  # weights are reusable only for the split they were trained on
+
+    def trained_state(self, sizes: Mapping[int, int]) -> dict[str, torch.Tensor] | None:
+        """Weights of the candidate trained at ``sizes`` on the last split, if kept."""
+        return self._states.get(state_key(sizes))
 
     def fit(self, model: pl.LightningModule, dm, sizes: Mapping[int, int], fraction: float = 1.0):
         loader = dm.make_train_loader(sizes, full_batch=bool(getattr(model, "full_batch", False)))
@@ -196,7 +206,16 @@ class RetrainScorer:
 
     def score(self, dm, sizes: Mapping[int, int]) -> float:
         model = self.fit(clone_module(self.template), dm, sizes)
+        if self.keep_states:
+            self._states[state_key(sizes)] = {
+                k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+            }
         return self.evaluate(model, dm)
+
+
+def state_key(sizes: Mapping[int, int]) -> tuple:
+    """Hashable candidate identity: its non-zero per-class sizes."""
+    return tuple(sorted((int(k), int(v)) for k, v in sizes.items() if v))
 
 
 class FinetuneScorer(RetrainScorer):

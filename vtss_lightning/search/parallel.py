@@ -1,0 +1,327 @@
+"""``strategy="parallel"``: every candidate trained at once as one stacked model.
+
+Each member replays exactly what :class:`RetrainScorer` would do for its candidate:
+the template's initial weights, the module's own optimizer and loss, and batches of
+its *own* training set (real rows + its pool prefix) in the order the DataModule's
+loader gives them, for ``max_epochs`` passes over that set (capped by ``max_steps``).
+All members of a stack take their optimizer steps together; a member that has used
+its budget leaves the stack, so the work is the sum of the candidates' steps, done
+in wide vectorised steps. Differences from ``retrain``, by design: every member is
+scored on the real validation rows after each of its epochs and keeps its best
+epoch (``snapshot="best"``; ``"last"`` scores the final weights like ``retrain``),
+Dropout draws different masks per member, and Lightning hooks of the module other
+than ``forward``/``loss``/``configure_optimizers`` are not run. What cannot be
+stacked falls back to ``retrain`` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from pytorch_lightning.utilities.seed import isolate_rng
+
+from vtss_lightning.search.stack import (
+    MemberState,
+    OptimizerSpec,
+    Stack,
+    activation_bytes,
+    initial_state,
+    optimizer_spec,
+    training_loss,
+)
+from vtss_lightning.search.stack import _first_line as first_line
+from vtss_lightning.search.strategies import RetrainScorer, clone_module, seed_all, state_key
+
+SNAPSHOTS = ("best", "last")
+
+
+@dataclass
+class Member:
+    """One candidate inside the parallel trainer: its data stream, budget and state."""
+
+    index: int
+    sizes: dict[int, int]
+    loader: object  # TensorBatches: x, y, batch_size, next_order()
+    budget: int  # optimizer steps of a full retrain fit
+    state: MemberState
+    steps: int = 0
+    pos: int = 0
+    epoch_x: torch.Tensor | None = None
+    epoch_y: torch.Tensor | None = None
+    best_loss: torch.Tensor | None = None
+    best: dict[str, torch.Tensor] = field(default_factory=dict)
+    evaluated_at: int = -1
+    seconds: float = 0.0
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pos == 0:
+            order = self.loader.next_order()
+            x, y = self.loader.x, self.loader.y
+            self.epoch_x, self.epoch_y = (x, y) if order is None else (x[order], y[order])
+        end = self.pos + self.loader.batch_size
+        return self.epoch_x[self.pos : end], self.epoch_y[self.pos : end]
+
+    def advance(self, rows: int) -> bool:
+        """Count one step of ``rows`` rows; True when it ended an epoch."""
+        self.steps += 1
+        self.pos += rows
+        if self.pos >= len(self.loader.y):
+            self.pos = 0
+            return True
+        return False
+
+    def loss(self) -> float:
+        value = math.inf if self.best_loss is None else float(self.best_loss)
+        return value if math.isfinite(value) else math.nan
+
+
+def full_budget(loader, settings) -> int:
+    """Optimizer steps of a Lightning fit over ``loader`` with the trainer's limits."""
+    per_epoch = len(loader)
+    epochs = settings.kwargs.get("max_epochs")
+    steps = settings.kwargs.get("max_steps")
+    steps = steps if steps is not None and steps > 0 else math.inf
+    if epochs is None or epochs < 0:
+        epochs = math.inf if steps < math.inf else 1000  # Lightning's default
+    budget = min(epochs * per_epoch, steps)
+    return int(budget)
+
+
+class ParallelScorer(RetrainScorer):
+    """Score candidates by training them together as one stacked model.
+
+    Parameters
+    ----------
+    template, settings, seed
+        As :class:`RetrainScorer` (the fallback).
+    snapshot
+        ``"best"``: each member's score and weights are those of its best epoch by
+        balanced validation loss; ``"last"``: of its final step, like ``retrain``.
+    memory_budget_mb
+        Memory the stacked training may use; members are trained in chunks that fit.
+        Default: 70% of the free GPU memory on CUDA, no limit on the CPU.
+    keep_states
+        Keep each member's weights so the winner can become the final model.
+    verbose
+        Print the reason when falling back to ``retrain``.
+    """
+
+    def __init__(
+        self,
+        template,
+        settings,
+        seed: int = 0,
+        snapshot: str = "best",
+        memory_budget_mb: float | None = None,
+        keep_states: bool = False,
+        verbose: bool = True,
+    ) -> None:
+        super().__init__(template, settings, seed, keep_states=keep_states)
+        if snapshot not in SNAPSHOTS:
+            from vtss_lightning.errors import VTSSError
+
+            raise VTSSError(f"snapshot must be 'best' or 'last', got {snapshot!r}")
+        self.snapshot = snapshot
+        self.memory_budget_mb = memory_budget_mb
+        self.verbose = verbose
+        self.fallback_reason: str | None = None
+        self.chunk_size: int | None = None
+        self._base = None
+        self._spec: OptimizerSpec | None = None
+
+    # ------------------------------------------------------------ scoring
+    def score_many(self, dm, jobs: list[tuple[int, dict[int, int]]]) -> Iterator:
+        """Yield ``(candidate index, loss, seconds)``; see :func:`engine.score_jobs`."""
+        if not self.prepare(dm):
+            yield from self._retrain_jobs(dm, jobs)
+            return
+        members = self.members(dm, jobs)
+        for chunk in self.chunks(members):
+            self.train(dm, chunk, {m.index: m.budget for m in chunk})
+            for m in chunk:
+                self.finish(m)
+                yield m.index, m.loss(), m.seconds
+
+    def score(self, dm, sizes: Mapping[int, int]) -> float:
+        return next(iter(self.score_many(dm, [(0, dict(sizes))])))[1]
+
+    def _retrain_jobs(self, dm, jobs) -> Iterator:
+        for i, sizes in jobs:
+            t0 = time.perf_counter()
+            loss = RetrainScorer.score(self, dm, sizes)
+            yield i, loss, time.perf_counter() - t0
+
+    # --------------------------------------------------------- preparation
+    def prepare(self, dm) -> bool:
+        """Check once that the template stacks; on failure set ``fallback_reason``."""
+        if self._spec is not None:
+            return True
+        if self.fallback_reason is None:
+            self.fallback_reason = self._blocker(dm)
+            if self.fallback_reason is not None and self.verbose:
+                print(
+                    f"VTSS parallel: training one candidate at a time (retrain): "
+                    f"{self.fallback_reason}",
+                    flush=True,
+                )
+        return self._spec is not None
+
+    def _blocker(self, dm) -> str | None:
+        kw = self.settings.kwargs
+        if str(kw.get("precision") or "32-true") not in ("32", "32-true"):
+            return f"precision {kw['precision']} is not replayed by the stacked loop"
+        if kw.get("gradient_clip_val"):
+            return "gradient clipping is per model and not replayed by the stacked loop"
+        if (kw.get("accumulate_grad_batches") or 1) != 1:
+            return "accumulate_grad_batches is not replayed by the stacked loop"
+        if kw.get("limit_train_batches") not in (None, 1, 1.0):
+            return "limit_train_batches is not replayed by the stacked loop"
+        devices = kw.get("devices")
+        if (
+            kw.get("strategy") not in (None, "auto")
+            or (isinstance(devices, int) and devices > 1)
+            or (isinstance(devices, list | tuple) and len(devices) > 1)
+        ):
+            return "several devices per candidate (DDP) need retrain"
+        base = clone_module(self.template)
+        if not getattr(base, "automatic_optimization", True):
+            return "the module uses manual optimization"
+        device = self.settings.device()
+        with isolate_rng():
+            seed_all(self.seed)
+            if not any(True for _ in base.parameters()) and hasattr(base, "configure_from_data"):
+                base.configure_from_data(dm)
+        if not any(True for _ in base.parameters()):
+            return "the module has no parameters before fit (build it first)"
+        if training_loss(base) is None:
+            return "the module defines neither loss(scores, y) nor per_sample_loss(scores, y)"
+        spec = optimizer_spec(base)
+        if isinstance(spec, str):
+            return spec
+        base.to(device)
+        try:  # a two-member dry run: forward, backward, evaluation
+            split = dm.active
+            x, y = split.x_train[:2].to(device), split.y_train[:2].to(device)
+            state = initial_state(base, device)
+            stack = Stack(base, [state, state], spec)
+            xs, ys = x.expand(2, *x.shape), y.expand(2, *y.shape)
+            stack.step([(None, xs, ys)])
+            stack.balanced_losses(None, x, y, dm.num_classes)
+        except Exception as err:  # noqa: BLE001 - anything vmap cannot do
+            return f"cannot vmap {type(base).__name__}: {first_line(err)}"
+        self._base, self._spec = base, spec
+        return None
+
+    def members(self, dm, jobs) -> list[Member]:
+        device = self.settings.device()
+        full = bool(getattr(self._base, "full_batch", False))
+        out = []
+        for i, sizes in jobs:
+            loader = dm.make_train_loader(sizes, full_batch=full)
+            loader.x, loader.y = loader.x.to(device), loader.y.to(device)
+            out.append(
+                Member(
+                    i,
+                    dict(sizes),
+                    loader,
+                    full_budget(loader, self.settings),
+                    initial_state(self._base, device),
+                )
+            )
+        return out
+
+    def chunks(self, members: list[Member]) -> list[list[Member]]:
+        """Members per stack so that one stack fits ``memory_budget_mb``."""
+        size = self._members_per_stack(members)
+        self.chunk_size = size
+        return [members[i : i + size] for i in range(0, len(members), size)]
+
+    def _members_per_stack(self, members: list[Member]) -> int:
+        budget = self.memory_budget_mb
+        device = self.settings.device()
+        if budget is None and device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            budget = 0.7 * free / 2**20
+        if budget is None or not members:
+            return max(1, len(members))
+        m = members[0]
+        weights = sum(t.numel() * t.element_size() for t in m.state.weights().values())
+        x = m.loader.x[: m.loader.batch_size]
+        per_member = 6 * weights + 3 * activation_bytes(self._base, x) + 2 * x.numel() * 4
+        return max(1, min(len(members), int(budget * 2**20 // per_member)))
+
+    # ------------------------------------------------------------ training
+    def train(self, dm, members: list[Member], targets: dict[int, int]) -> None:
+        """Train ``members`` (equal step counts) until each reaches its target step."""
+        split = dm.active
+        device = self.settings.device()
+        x_val, y_val = split.x_val.to(device), split.y_val.to(device)
+        active = [m for m in members if m.steps < targets[m.index]]
+        t0 = time.perf_counter()
+        with isolate_rng():
+            seed_all(self.seed + members[0].steps)
+            while active:
+                stack = Stack(self._base, [m.state for m in active], self._spec)
+                done = self._run(stack, active, targets, x_val, y_val, dm.num_classes)
+                for m, state in zip(active, stack.unstack(), strict=True):
+                    m.state = state
+                active = [m for m in active if m not in done]
+        elapsed = time.perf_counter() - t0
+        steps = sum(max(1, targets[m.index]) for m in members)
+        for m in members:
+            m.seconds += elapsed * max(1, targets[m.index]) / steps
+
+    def _run(self, stack: Stack, active, targets, x_val, y_val, num_classes) -> list[Member]:
+        """Step the stack until a member reaches its target; returns those that did."""
+        while True:
+            batches = [m.next_batch() for m in active]
+            lengths = [len(b[1]) for b in batches]
+            groups = []
+            for n in dict.fromkeys(lengths):
+                idx = [j for j, length in enumerate(lengths) if length == n]
+                xs = torch.stack([batches[j][0] for j in idx])
+                ys = torch.stack([batches[j][1] for j in idx])
+                groups.append((None if len(idx) == len(active) else idx, xs, ys))
+            stack.step(groups)
+            due, done = [], []
+            for j, (m, n) in enumerate(zip(active, lengths, strict=True)):
+                epoch_end = m.advance(n)
+                reached = m.steps >= targets[m.index]
+                if reached:
+                    done.append(m)
+                if reached or (epoch_end and self.snapshot == "best"):
+                    due.append(j)
+            if due:
+                self._evaluate(stack, active, due, x_val, y_val, num_classes)
+            if done:
+                return done
+
+    def _evaluate(self, stack: Stack, active, due, x_val, y_val, num_classes) -> None:
+        losses = stack.balanced_losses(
+            None if len(due) == len(active) else due, x_val, y_val, num_classes
+        )
+        for loss, j in zip(losses, due, strict=True):
+            m = active[j]
+            m.evaluated_at = m.steps
+            weights = stack.member_weights(j)
+            if m.best_loss is None or self.snapshot == "last":
+                m.best_loss, m.best = loss.clone(), {n: w.clone() for n, w in weights.items()}
+                continue
+            better = loss < m.best_loss  # stays on the device: no host sync per epoch
+            m.best_loss = torch.where(better, loss, m.best_loss)
+            m.best = {n: torch.where(better, w, m.best[n]) for n, w in weights.items()}
+
+    def finish(self, m: Member) -> None:
+        """Keep the member's chosen weights for reuse and drop its training state."""
+        if self.keep_states:
+            self._states[state_key(m.sizes)] = self._state_dict(m.best)
+        m.state = MemberState({}, {})
+        m.epoch_x = m.epoch_y = None
+
+    def _state_dict(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        full = self._base.state_dict()
+        return {k: weights.get(k, v).detach().cpu().clone() for k, v in full.items()}
