@@ -18,25 +18,23 @@ Each repetition ``r`` uses seed ``seed + r`` and
 
 Usage::
 
-    .venv/bin/python benchmarks/paper_linear.py --reps 10 --seed 0
+    .venv/bin/python benchmarks/paper/exp1_linear.py --reps 10 --seed 0
 
-Writes a markdown report (``--out``) and a PNG of the curves beside it.
+3. runs TG-VTSS (``VTSSCallback(grid="tg")``) on the same data: the Wald symmetry test,
+   the generator-quality score, its grid and final model.
+
+Writes a markdown report (``--out``, default ``results/paper_linear.md``), a PNG of the
+curves beside it, and the experiment-1 section of ``results/paper.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import logging
 import math
-import os
-import platform
 import shlex
 import sys
-import tempfile
 import time
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,14 +42,26 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from vtss_lightning import TabularDataModule, VTSSCallback
-from vtss_lightning.data.builtin import simulate_paper_linear
-from vtss_lightning.data.loaders import TensorBatches
-from vtss_lightning.generators import SMOTEGenerator
-from vtss_lightning.models import TabularClassifier
-from vtss_lightning.search import SearchEngine
-from vtss_lightning.search.objective import balanced_loss
-from vtss_lightning.search.strategies import RetrainScorer, TrainerSettings, clone_module
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    RESULTS,
+    fmt,
+    holdout_curve,
+    machine,
+    mean_se,
+    quiet,
+    single_thread,
+    today,
+    trainer,
+    write_section,
+)
+
+from vtss_lightning import TabularDataModule, VTSSCallback  # noqa: E402
+from vtss_lightning.data.builtin import simulate_paper_linear  # noqa: E402
+from vtss_lightning.data.loaders import TensorBatches  # noqa: E402
+from vtss_lightning.generators import SMOTEGenerator  # noqa: E402
+from vtss_lightning.models import TabularClassifier  # noqa: E402
+from vtss_lightning.search.objective import balanced_loss  # noqa: E402
 
 #: Published figures (PAPER.md, experiment 1).
 PUBLISHED = {
@@ -62,28 +72,6 @@ PUBLISHED = {
 }
 #: Acceptance criterion: |VTSS final balanced test log loss - 0.36| <= 0.02.
 TARGET, TOLERANCE = 0.36, 0.02
-
-
-# --------------------------------------------------------------------- pieces
-class TestRecordingScorer(RetrainScorer):
-    """A ``RetrainScorer`` that also records each trained candidate's test loss.
-
-    Training and validation scoring are the package's own; the only addition is one
-    extra evaluation of the same trained model on the DataModule's test rows.
-    """
-
-    def __init__(
-        self, template: pl.LightningModule, settings: TrainerSettings, seed: int = 0
-    ) -> None:
-        super().__init__(template, settings, seed)
-        self.records: list[tuple[dict[int, int], float, float]] = []
-
-    def score(self, dm, sizes: Mapping[int, int]) -> float:
-        model = self.fit(clone_module(self.template), dm, sizes)
-        val = self.evaluate(model, dm)
-        test = balanced_loss(model, dm.x_test, dm.y_test, dm.num_classes)
-        self.records.append((dict(sizes), val, test))
-        return val
 
 
 @dataclass
@@ -101,16 +89,8 @@ class RepResult:
     final_vs_curve: float  # |callback final test loss - curve test loss at the chosen ratio|
     seconds_vtss: float
     seconds_curve: float
+    tg: dict = field(default_factory=dict)
     extra: dict[str, float] = field(default_factory=dict)
-
-
-def quiet() -> None:
-    """Keep the per-Trainer banners and known-harmless warnings out of the output."""
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*treespec.*")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*isn't part of the.*")
 
 
 def run_rep(seed: int, ratios: list[float]) -> RepResult:
@@ -118,21 +98,10 @@ def run_rep(seed: int, ratios: list[float]) -> RepResult:
     dm = TabularDataModule(
         dataset="paper_linear", scale=False, seed=seed, generator=SMOTEGenerator(k_neighbors=5)
     )
-    model = TabularClassifier()
     callback = VTSSCallback(ratios=ratios, verbose=False, seed=seed)
-
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="vtss_paper_linear_") as root:
-        trainer = pl.Trainer(
-            max_epochs=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=root,
-            callbacks=[callback],
-        )
-        trainer.fit(model, datamodule=dm)
+    fitted = trainer([callback])
+    fitted.fit(TabularClassifier(), datamodule=dm)
     seconds_vtss = time.perf_counter() - t0
     result = callback.result
     assert result is not None and result.test_metrics is not None
@@ -143,26 +112,17 @@ def run_rep(seed: int, ratios: list[float]) -> RepResult:
     t1 = time.perf_counter()
     template = TabularClassifier()
     template.configure_from_data(dm)
-    scorer = TestRecordingScorer(template, TrainerSettings.from_trainer(trainer), seed)
-    curve = SearchEngine(ratios, verbose=False).run(dm, scorer)
+    cand_ratios, val_curve, test_curve, _ = holdout_curve(dm, template, fitted, ratios, seed)
     seconds_curve = time.perf_counter() - t1
 
-    if len(scorer.records) != len(curve.candidates):
-        raise RuntimeError(
-            "the curve scorer saw a different number of candidates than the engine reports"
-        )
-    cand_ratios = [float(c.ratio) for c in curve.candidates]
-    val_curve = [rec[1] for rec in scorer.records]
-    test_curve = [rec[2] for rec in scorer.records]
     callback_val = {c.ratio: c.val_balanced_loss for c in result.candidates}
     diffs = [abs(callback_val[r] - v) for r, v in zip(cand_ratios, val_curve, strict=True)]
     worst = int(np.argmax(diffs))
     chosen = cand_ratios.index(float(result.selected_ratio))
     vtss_test = float(result.test_metrics["balanced_log_loss"])
-    gap = int(dm.class_gaps()[1])
     return RepResult(
         seed=seed,
-        gap=gap,
+        gap=int(dm.class_gaps()[1]),
         train_counts=tuple(dm.holdout.class_counts),
         selected_ratio=float(result.selected_ratio),
         vtss_test=vtss_test,
@@ -174,12 +134,33 @@ def run_rep(seed: int, ratios: list[float]) -> RepResult:
         final_vs_curve=abs(vtss_test - test_curve[chosen]),
         seconds_vtss=seconds_vtss,
         seconds_curve=seconds_curve,
+        tg=run_tg(seed),
         extra={
             "search_seconds": float(result.timing.get("search_seconds", math.nan)),
             "final_fit_seconds": float(result.timing.get("final_fit_seconds", math.nan)),
             "balanced_accuracy": float(result.test_metrics.get("balanced_accuracy", math.nan)),
         },
     )
+
+
+def run_tg(seed: int) -> dict:
+    """TG-VTSS on the same data: diagnostics, its own grid, the final test loss."""
+    pl.seed_everything(seed, verbose=False)
+    dm = TabularDataModule(
+        dataset="paper_linear", scale=False, seed=seed, generator=SMOTEGenerator(k_neighbors=5)
+    )
+    callback = VTSSCallback(grid="tg", verbose=False, seed=seed)
+    trainer([callback]).fit(TabularClassifier(), datamodule=dm)
+    diag = callback.result.diagnostics["tg"]
+    return {
+        "selected": float(callback.result.selected_ratio),
+        "test": float(callback.result.test_metrics["balanced_log_loss"]),
+        "regime": diag["regime"],
+        "quality": diag["generator_quality"],
+        "t_sym": diag["t_sym"],
+        "cutoff": diag["cutoff"],
+        "gqs": diag["gqs"],
+    }
 
 
 def population_floor(seed: int, per_class: int = 200_000, test_per_class: int = 1_000_000) -> float:
@@ -209,29 +190,6 @@ def population_floor(seed: int, per_class: int = 200_000, test_per_class: int = 
     return balanced_loss(
         model, torch.as_tensor(x_test, dtype=torch.float32), torch.as_tensor(y_test), 2
     )
-
-
-# ------------------------------------------------------------------- summary
-def mean_se(values) -> tuple[float, float]:
-    a = np.asarray(values, dtype=float)
-    se = float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else math.nan
-    return float(a.mean()), se
-
-
-def fmt(m: float, se: float, digits: int = 4) -> str:
-    if math.isnan(se):
-        return f"{m:.{digits}f}"
-    return f"{m:.{digits}f} ± {se:.{digits}f}"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def plot(reps: list[RepResult], path: Path) -> None:
@@ -334,12 +292,7 @@ def write_report(
     final_gap = max(r.final_vs_curve for r in reps)
 
     pub = PUBLISHED
-    machine = (
-        f"{cpu_model()}; {os.cpu_count()} cores visible, torch threads "
-        f"{torch.get_num_threads()} (`--threads`); Python {platform.python_version()}, "
-        f"torch {torch.__version__}, pytorch_lightning {pl.__version__}"
-    )
-    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    tg_text = tg_summary(reps)
     gap_text = ", ".join(map(str, gaps))
     counts = " + ".join(f"{c:,}" for c in reps[0].train_counts)
     t_vtss = np.mean([r.seconds_vtss for r in reps])
@@ -364,8 +317,8 @@ def write_report(
         "## Run",
         "",
         f"- Command: `{shlex.join(argv)}`",
-        f"- Machine: {machine}",
-        f"- Date: {date}",
+        f"- Machine: {machine()}",
+        f"- Date: {today()}",
         f"- Repetitions: {len(reps)} (seeds {reps[0].seed}–{reps[-1].seed}); ratio grid "
         f"0 … {ratios[-1]:g} step {args.grid_step:g} ({len(ratios)} candidates); gap on the 80% "
         f"training split: {gap_text} rows (full balance = that many SMOTE rows)",
@@ -387,6 +340,9 @@ def write_report(
         f"(flat ≈ 3,500–5,000 rows) | {curve_min} |",
         f"| **VTSS final model** | **≈ {pub['vtss']}** | **{fmt(vtss_m, vtss_se)}** |",
         f"| VTSS selected ratio γ | — | {selected} |",
+        f'| TG-VTSS final model (`grid="tg"`) | — | {fmt(*mean_se([r.tg["test"] for r in reps]))} '
+        f"(γ̂ {np.mean([r.tg['selected'] for r in reps]):.2f}) |",
+        f"| TG diagnostics | — | {tg_text} |",
         "| per-rep oracle (min over γ of each rep's test curve), for reference | — | "
         f"{fmt(oracle_m, oracle_se)} |",
         "| best linear model, population (fit 200,000/class, test 1,000,000/class), "
@@ -399,14 +355,16 @@ def write_report(
         "",
         "## Per repetition",
         "",
-        "| seed | selected γ | VTSS test | test γ=0 | test γ=1 | min test (γ) | wall s |",
-        "|---|---|---|---|---|---|---|",
+        "| seed | selected γ | VTSS test | test γ=0 | test γ=1 | min test (γ) | TG: T (cutoff), GQS, γ̂, test | wall s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in reps:
         j = int(np.argmin(r.test_curve))
         lines.append(
             f"| {r.seed} | {r.selected_ratio:g} | {r.vtss_test:.4f} | {r.test_curve[i0]:.4f} | "
             f"{r.test_curve[i1]:.4f} | {r.test_curve[j]:.4f} ({r.ratios[j]:g}) | "
+            f"{r.tg['t_sym']:.0f} ({r.tg['cutoff']:.1f}), {r.tg['gqs']:.1f}, {r.tg['selected']:g}, "
+            f"{r.tg['test']:.4f} | "
             f"{r.seconds_vtss + r.seconds_curve:.1f} |"
         )
     lines += [
@@ -433,6 +391,64 @@ def write_report(
     return "\n".join(lines)
 
 
+def tg_summary(reps: list[RepResult]) -> str:
+    regimes = [r.tg["regime"] for r in reps]
+    gqs = [r.tg["gqs"] for r in reps if r.tg["gqs"] is not None]
+    gqs_text = f"{min(gqs):.1f}–{max(gqs):.1f}" if gqs else "—"
+    return (
+        f"{regimes.count('local asymmetry')}/{len(reps)} local asymmetry "
+        f"(T {min(r.tg['t_sym'] for r in reps):.0f}–{max(r.tg['t_sym'] for r in reps):.0f} vs "
+        f"χ² cutoff {reps[0].tg['cutoff']:.1f}); GQS {gqs_text} (finite in "
+        f"{sum(math.isfinite(g) for g in gqs)}/{len(reps)}); grids: "
+        + ", ".join(sorted({str(r.tg["quality"]) for r in reps}))
+    )
+
+
+def paper_section(reps: list[RepResult], shown: list[str], out: Path, png: Path) -> str:
+    """The experiment-1 summary in ``results/paper.md`` (details in ``out``)."""
+    ratios = np.asarray(reps[0].ratios)
+    test = np.asarray([r.test_curve for r in reps])
+    m = test.mean(0)
+    se = test.std(0, ddof=1) / math.sqrt(len(reps)) if len(reps) > 1 else np.full_like(m, np.nan)
+    i0, i1, imin = (
+        int(np.argmin(np.abs(ratios))),
+        int(np.argmin(np.abs(ratios - 1))),
+        int(np.argmin(m)),
+    )
+    pub = PUBLISHED
+    return "\n".join(
+        [
+            "## Experiment 1: end-to-end, linear (SMOTE + logistic regression)",
+            "",
+            f"Full report: [`{out.name}`]({out.name}) (per-repetition table, consistency "
+            "checks, population floor).",
+            "",
+            f"- Command: `{shlex.join(shown)}`",
+            f"- Machine: {machine()}",
+            f"- Date: {today()}; repetitions: {len(reps)} (seeds {reps[0].seed}–{reps[-1].seed})",
+            "",
+            "| quantity | published (100 reps) | ours |",
+            "|---|---|---|",
+            f"| no augmentation (γ = 0) | ≈ {pub['none']} | {fmt(m[i0], se[i0])} |",
+            f"| full balance (γ = 1) | ≈ {pub['balance']} | {fmt(m[i1], se[i1])} |",
+            f"| curve minimum | ≈ {pub['minimum']} | {fmt(m[imin], se[imin])} at γ = {ratios[imin]:g} |",
+            f"| VTSS final model (hold-out) | ≈ {pub['vtss']} | "
+            f"{fmt(*mean_se([r.vtss_test for r in reps]))} (γ̂ "
+            f"{np.mean([r.selected_ratio for r in reps]):.2f}) |",
+            f"| TG-VTSS final model | — | {fmt(*mean_se([r.tg['test'] for r in reps]))} (γ̂ "
+            f"{np.mean([r.tg['selected'] for r in reps]):.2f}) |",
+            f"| TG diagnostics | local asymmetry, finite GQS (issue) | {tg_summary(reps)} |",
+            "",
+            "The final model trains on the 80% split, not all rows, and the population floor "
+            "of a linear model here is about 0.357, so a few thousandths above the published "
+            "level is expected finite-sample cost.",
+            "",
+            f"![exp1 curves]({png.name})",
+            "",
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -442,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--grid-step", type=float, default=0.05, help="step of the ratio grid 0 .. 2"
     )
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/paper_linear.md"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "paper_linear.md")
     parser.add_argument(
         "--threads",
         type=int,
@@ -454,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps < 1 or not 0 < args.grid_step <= 2:
         parser.error("--reps must be >= 1 and --grid-step in (0, 2]")
     quiet()
-    torch.set_num_threads(max(1, args.threads))
+    single_thread(args.threads)
 
     n_steps = int(round(2.0 / args.grid_step))
     ratios = sorted({round(min(2.0, i * args.grid_step), 10) for i in range(n_steps + 1)} | {2.0})
@@ -481,9 +497,11 @@ def main(argv: list[str] | None = None) -> int:
     plot(reps, png)
     shown = [
         ".venv/bin/python",
-        *(sys.argv if argv is None else ["benchmarks/paper_linear.py", *argv]),
+        "benchmarks/paper/exp1_linear.py",
+        *(sys.argv[1:] if argv is None else argv),
     ]
     args.out.write_text(write_report(args, shown, reps, floor, png, wall))
+    write_section("exp1", paper_section(reps, shown, args.out, png))
     vtss_m, vtss_se = mean_se([r.vtss_test for r in reps])
     verdict = "PASS" if abs(vtss_m - TARGET) <= TOLERANCE else "MISS"
     print(
