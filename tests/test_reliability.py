@@ -503,7 +503,7 @@ def test_checkpoints_load_with_weights_only(tmp_path):
 
     from vtss_lightning import VTSSCallback
 
-    cb = VTSSCallback(ratios=[0, 1], verbose=False)
+    cb = VTSSCallback(ratios=[0, 1], folds=2, verbose=False)  # folds: the outer fit trains
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=1,
@@ -533,3 +533,34 @@ def test_the_package_never_unpickles_or_evaluates_strings():
         if unsafe.search(line)
     ]
     assert hits == []
+
+
+def test_kfold_with_categories_missing_from_some_folds_keeps_one_width():
+    """Found by the property test: a category absent from a fold's training rows used
+    to change the encoded width and crash the model built for the hold-out."""
+    data = pd.DataFrame(
+        {
+            "n": [-5.0, -3, -5, -5, -4, 3, 3, 0, -2, 1],
+            "t": ["b", "1", "c d", "a", "b", "b", "1", "a", "a", "a"],
+            "y": [1, 0, 1, 1, 1, 1, 0, 0, 0, 0],
+        }
+    )
+    dm = TabularDataModule.from_frame(data, target="y", val_fraction=0.5)
+    pl.seed_everything(0)
+    result = VTSSTuner(CPU, ratios=[0, 1], folds=2, verbose=False).search(logistic(), dm)
+    assert all(c.status == "ok" for c in result.candidates)
+    for name, tr, va in dm.fold_indices(2):
+        with dm.use_split(name, tr, va) as split:
+            assert split.x_train.shape[1] == dm.holdout.x_train.shape[1] == 5
+            absent = sorted(set(data["t"]) - set(data["t"].iloc[tr]))
+            pre = split.preprocessor
+            for cat in absent:  # encoded as zeros everywhere, as an unseen category
+                j = list(pre.schema.names).index(f"t_{cat}")
+                assert not split.x_train[:, j].any() and not split.x_val[:, j].any()
+                assert all(j not in g for g in pre.schema.categorical_groups)
+
+
+def test_a_validation_split_too_small_for_the_classes_is_a_clear_error():
+    data = frame(n_neg=2, n_pos=2)
+    with pytest.raises(VTSSError, match=r"val_fraction=0.2 puts 1 of 4 rows into validation"):
+        TabularDataModule.from_frame(data, target="y").setup()

@@ -163,6 +163,13 @@ class SyntheticAugmentationDataModule(pl.LightningDataModule):
                     f"class {self.classes_[k]!r} has {n} row(s); each class needs at least 2 "
                     "(one for training, one for validation)"
                 )
+        n_val = int(np.ceil(self.val_fraction * len(y)))
+        if min(n_val, len(y) - n_val) < self.num_classes:
+            raise VTSSError(
+                f"val_fraction={self.val_fraction} puts {n_val} of {len(y)} rows into validation, "
+                f"but each of the {self.num_classes} classes needs a row on both sides; "
+                "change val_fraction"
+            )
         train_idx, val_idx = train_test_split(
             np.arange(len(self._y_dev)),
             test_size=self.val_fraction,
@@ -356,6 +363,9 @@ class SyntheticAugmentationDataModule(pl.LightningDataModule):
             n = len(rows) if rows.ndim else 0
             raise VTSSError(f"{who} returned {n} rows when {m} were asked for")
         rows = rows.reshape(m, -1).to(self._device)
+        mask = getattr(split.preprocessor, "column_mask", None)
+        if mask is not None and rows.shape[1] == len(mask):  # categories absent in training
+            rows = rows * mask.to(rows.device)
         width = split.x_train.shape[1]
         if rows.shape != (m, width):
             raise VTSSError(

@@ -62,6 +62,29 @@ def _check_numbers(col: pd.Series, name: str, share: float) -> None:
         )
 
 
+def _category_pipeline(categories) -> Pipeline:
+    return Pipeline(
+        [
+            ("impute", SimpleImputer(strategy="most_frequent", keep_empty_features=True)),
+            (
+                "onehot",
+                OneHotEncoder(categories=categories, handle_unknown="ignore", sparse_output=False),
+            ),
+        ]
+    )
+
+
+def category_layout(frame: pd.DataFrame, categorical: list[str]) -> list[list] | None:
+    """Category names of each categorical column over ``frame`` (names only, no statistics)."""
+    if not categorical:
+        return None
+    text = pd.DataFrame(
+        {c: frame[c].map(lambda v: v if pd.isna(v) else str(v)).astype(object) for c in categorical}
+    )
+    encoder = _category_pipeline("auto").fit(text).named_steps["onehot"]
+    return [list(cats) for cats in encoder.categories_]
+
+
 def _check_no_inf(frame: pd.DataFrame, numeric: list[str]) -> None:
     for col in numeric:
         values = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=np.float64)
@@ -83,11 +106,21 @@ class TabularPreprocessor:
     scale
         Standardise numeric columns (mean 0, sd 1 on the training rows). Off keeps the
         raw units, which the paper's simulations use.
+    layout
+        Category names per categorical column (:func:`category_layout` of all
+        development rows), so that every split (hold-out, each fold) encodes to the
+        same width and one model fits them all. A category missing from the training
+        rows is encoded as zeros, exactly as an unseen one, and left out of the
+        schema's one-hot groups: no encoded value depends on rows outside training.
     """
 
-    def __init__(self, categorical: list[str], scale: bool = True) -> None:
+    def __init__(
+        self, categorical: list[str], scale: bool = True, layout: list[list] | None = None
+    ) -> None:
         self.categorical = list(categorical)
         self.scale = scale
+        self.layout = layout
+        self._mask: torch.Tensor | None = None
         self._transformer: ColumnTransformer | None = None
         self.schema: FeatureSchema | None = None
         self.columns: list[str] = []
@@ -102,25 +135,36 @@ class TabularPreprocessor:
         num_steps: list = [("impute", SimpleImputer(strategy="median", keep_empty_features=True))]
         if self.scale:
             num_steps.append(("scale", StandardScaler()))
-        cat_steps = [
-            ("impute", SimpleImputer(strategy="most_frequent", keep_empty_features=True)),
-            ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
-        ]
+        categories = "auto" if self.layout is None else self.layout
         self._transformer = ColumnTransformer(
-            [("num", Pipeline(num_steps), numeric), ("cat", Pipeline(cat_steps), self.categorical)],
+            [
+                ("num", Pipeline(num_steps), numeric),
+                ("cat", _category_pipeline(categories), self.categorical),
+            ],
             remainder="drop",
             verbose_feature_names_out=False,
         )
         self._transformer.fit(self._as_input(frame))
-        self.schema = self._build_schema(numeric)
+        self._mask = None
+        seen = self.transform(frame).ne(0).any(dim=0)
+        seen[: len(numeric)] = True
+        if not bool(seen.all()):
+            self._mask = seen.to(torch.float32)
+        self.schema = self._build_schema(numeric, seen.tolist())
         return self
+
+    @property
+    def column_mask(self) -> torch.Tensor | None:
+        """1 for encoded columns the training rows use, 0 for absent categories (or None)."""
+        return self._mask
 
     def transform(self, frame: pd.DataFrame) -> torch.Tensor:
         if self._transformer is None:
             raise VTSSError("preprocessor used before fit()")
         _check_no_inf(frame, self._numeric)  # validation and test rows too
         out = self._transformer.transform(self._as_input(frame[self.columns]))
-        return torch.as_tensor(np.asarray(out, dtype=np.float32))
+        out = torch.as_tensor(np.asarray(out, dtype=np.float32))
+        return out if self._mask is None else out * self._mask
 
     def _as_input(self, frame: pd.DataFrame) -> pd.DataFrame:
         frame = frame.copy()
@@ -132,7 +176,7 @@ class TabularPreprocessor:
             frame[col] = frame[col].map(lambda v: v if pd.isna(v) else str(v)).astype(object)
         return frame
 
-    def _build_schema(self, numeric: list[str]) -> FeatureSchema:
+    def _build_schema(self, numeric: list[str], seen: list[bool]) -> FeatureSchema:
         assert self._transformer is not None
         names = tuple(str(n) for n in self._transformer.get_feature_names_out())
         n_num = len(numeric)
@@ -141,7 +185,9 @@ class TabularPreprocessor:
         if self.categorical:
             encoder = self._transformer.named_transformers_["cat"].named_steps["onehot"]
             for cats in encoder.categories_:
-                groups.append(tuple(range(start, start + len(cats))))
+                group = tuple(j for j in range(start, start + len(cats)) if seen[j])
+                if group:
+                    groups.append(group)
                 start += len(cats)
         return FeatureSchema(
             n_features=len(names),

@@ -6,7 +6,11 @@ import numpy as np
 import pandas as pd
 
 from vtss_lightning.data.datamodule import SyntheticAugmentationDataModule
-from vtss_lightning.data.preprocessing import TabularPreprocessor, infer_categorical
+from vtss_lightning.data.preprocessing import (
+    TabularPreprocessor,
+    category_layout,
+    infer_categorical,
+)
 from vtss_lightning.data.sources import check_table_path, read_table, split_target
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.generators.base import SyntheticGenerator
@@ -146,7 +150,8 @@ class TabularDataModule(SyntheticAugmentationDataModule):
 
     def make_preprocessor(self, x_train: pd.DataFrame) -> TabularPreprocessor:
         categorical = infer_categorical(x_train, self.categorical)
-        return TabularPreprocessor(categorical, scale=self.scale).fit(x_train)
+        layout = category_layout(self._x_dev, categorical)  # same width in every split
+        return TabularPreprocessor(categorical, scale=self.scale, layout=layout).fit(x_train)
 
     def setup(self, stage: str | None = None) -> None:
         if self._is_setup:
