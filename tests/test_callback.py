@@ -96,7 +96,7 @@ def test_callback_in_a_users_module_writes_report_and_trains_final_model(tmp_pat
     dm = make_dm()
     pl.seed_everything(0)
     model = UserModel()
-    cb = VTSSCallback(ratios=[0, 1, 2])
+    cb = VTSSCallback(ratios=[0, 1, 2], refit=True)  # the outer fit trains the final model
     tr = trainer(tmp_path, [cb])
     tr.fit(model, datamodule=dm)
 

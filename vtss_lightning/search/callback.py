@@ -52,14 +52,28 @@ class VTSSCallback(Callback):
         real rows and searches the grid they choose; the report's ``diagnostics.tg``
         explains why.
     strategy
-        ``"retrain"`` (exact: every candidate trained from scratch) or ``"finetune"``
-        (cheaper: one fit on real rows, each candidate fine-tuned from it for
-        ``finetune_fraction`` of the budget; may understate large sizes).
+        ``"retrain"`` (exact: every candidate trained from scratch), ``"parallel"``
+        (all candidates trained at once as one stacked model, each with its own
+        data and retrain's budget, scored at its best epoch; modules that cannot be
+        stacked fall back to retrain with the reason), ``"halving"`` /
+        ``"parallel_halving"`` (successive halving with optimizer steps as the
+        resource; hold-out only), ``"ray"`` (each candidate a Ray Tune trial, for
+        several GPUs or nodes) or ``"finetune"`` (cheaper: one fit on real rows, each
+        candidate fine-tuned from it for ``finetune_fraction`` of the budget; may
+        understate large sizes).
     folds, repeats
         Stratified (repeated) K-fold selection over train+val rows instead of the
         hold-out, e.g. ``folds=5, repeats=5`` as in the paper.
     finetune_fraction
         Share of the epoch/step budget each fine-tune gets.
+    halving_eta
+        Halving factor of ``"halving"`` strategies: each rung keeps the best 1/eta.
+    refit
+        ``False`` (default): when the search trained the winner with the final
+        settings on the hold-out (every strategy but ``finetune``/``ray``, without
+        ``folds``), its weights become the final model and the outer fit trains no
+        further; ``True``: the outer fit trains the final model from the initial
+        weights as usual (and writes its own checkpoints and training logs).
     selection
         ``"min"`` (the paper: lowest mean loss), ``"one_se"`` (within one standard
         error of the best, closest to full balance; needs ``folds``) or ``"smooth"``
@@ -80,7 +94,9 @@ class VTSSCallback(Callback):
         ratios: list[float] | None = None,
         sizes: list[dict[str, int]] | None = None,
         grid: Literal["default", "tg"] = "default",
-        strategy: Literal["retrain", "finetune"] = "retrain",
+        strategy: Literal[
+            "retrain", "finetune", "parallel", "halving", "parallel_halving", "ray"
+        ] = "retrain",
         folds: int | None = None,
         repeats: int = 1,
         finetune_fraction: float = 0.3,
@@ -89,6 +105,8 @@ class VTSSCallback(Callback):
         seed: int = 0,
         progress: bool = True,
         progress_path: str | None = None,
+        halving_eta: float = 3.0,
+        refit: bool = False,
     ) -> None:
         if strategy not in STRATEGIES:
             raise VTSSError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -104,8 +122,14 @@ class VTSSCallback(Callback):
             raise VTSSError('grid="tg" chooses its own candidates; drop ratios= and sizes=')
         self.grid = grid
         self.progress, self.progress_path = progress, progress_path
+        if "halving" in strategy and folds is not None:
+            raise VTSSError("halving strategies use the hold-out; drop folds= or use 'parallel'")
+        if halving_eta <= 1:
+            raise VTSSError(f"halving_eta must be > 1, got {halving_eta}")
+        self.halving_eta, self.refit = float(halving_eta), bool(refit)
         self.result: VTSSResult | None = None
         self._fit_started: float | None = None
+        self._reused = False  # the winner's weights are the final model (no refit)
 
     @property
     def state_key(self) -> str:
@@ -119,14 +143,30 @@ class VTSSCallback(Callback):
             settings = TrainerSettings.from_trainer(trainer)
             path = self._progress_file(trainer)
             self.result = run_search(self, dm, pl_module, settings, path, trainer.is_global_zero)
+            self._reused = self._reuse_winner(trainer, pl_module)
         dm.set_synthetic_sizes(self.result.selected_index_sizes)
         self._log_curve(trainer)
 
+    def _reuse_winner(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """Load the winner's weights into the module instead of training it again."""
+        state = self.result.final_state
+        loop = trainer.fit_loop
+        if self.refit or state is None or loop.min_epochs or loop.min_steps:
+            return False
+        pl_module.load_state_dict(state)
+        self.result.timing["final_fit_seconds"] = 0.0
+        self.result.diagnostics["final_model"] = (
+            "the search's winning candidate (trained with these settings); no refit"
+        )
+        return True
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_started = time.perf_counter()
+        if self._reused:  # the loop then ends before its first step; train-end hooks still run
+            trainer.should_stop = True
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.result is not None and self._fit_started is not None:
+        if self.result is not None and self._fit_started is not None and not self._reused:
             self.result.timing["final_fit_seconds"] = time.perf_counter() - self._fit_started
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -197,12 +237,29 @@ def run_search(
         tg = _tg_diagnostics(cfg, dm, module, settings)
         ratios = tg.candidate_ratios
     engine = SearchEngine(ratios, sizes, cfg.folds, cfg.repeats, cfg.verbose, cfg.selection)
-    scorer = make_scorer(cfg.strategy, module, settings, cfg.seed, cfg.finetune_fraction)
+    reuse = not cfg.refit and cfg.folds is None
+    scorer = make_scorer(
+        cfg.strategy,
+        module,
+        settings,
+        cfg.seed,
+        cfg.finetune_fraction,
+        cfg.halving_eta,
+        keep_states=reuse,
+        verbose=cfg.verbose,
+    )
     store = None
     if progress_path is not None:
         key = search_fingerprint(cfg, dm, module, settings, ratios)
         store = ProgressStore(progress_path, key, write=write_progress, verbose=cfg.verbose)
     result = engine.run(dm, scorer, store)
+    if reuse and hasattr(scorer, "trained_state"):
+        result.final_state = scorer.trained_state(result.selected_index_sizes)
+    if getattr(scorer, "fallback_reason", None):
+        note = (
+            f"strategy {cfg.strategy!r} trained one candidate at a time: {scorer.fallback_reason}"
+        )
+        result.diagnostics.setdefault("notes", []).append(note)
     if tg is not None:
         result.diagnostics["tg"] = tg.to_dict()
     result.config = {
@@ -214,6 +271,8 @@ def run_search(
         "repeats": cfg.repeats,
         "selection": cfg.selection,
         "seed": cfg.seed,
+        "halving_eta": cfg.halving_eta,
+        "refit": cfg.refit,
         "generator": repr(dm.generator),
         "model": type(module).__name__,
         "trainer": {k: str(v) for k, v in settings.kwargs.items()},

@@ -246,7 +246,11 @@ def score_jobs(
     """
     many = getattr(scorer, "score_many", None)
     if many is not None:
-        yield from many(dm, jobs)
+        for item in many(dm, jobs):  # such a scorer explains its NaNs in ``statuses``
+            status = getattr(scorer, "statuses", {}).get(item[0])
+            if status is not None and notes is not None:
+                notes[item[0]] = status
+            yield item
         return
     for i, sizes in jobs:
         t0 = time.perf_counter()

@@ -44,6 +44,9 @@ class VTSSResult:
     diagnostics: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    #: Weights of the winner when the search trained it with the final settings (not
+    #: serialised; the callback loads them instead of refitting).
+    final_state: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def selected(self) -> CandidateResult:

@@ -20,12 +20,14 @@ from pytorch_lightning.utilities.seed import isolate_rng
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.objective import balanced_loss
 
-STRATEGIES = ("retrain", "finetune")
+STRATEGIES = ("retrain", "finetune", "parallel", "halving", "parallel_halving", "ray")
 
 #: Trainer arguments a candidate inherits from the outer run.
 INHERITED = (
     "accelerator",
     "devices",
+    "strategy",  # e.g. "ddp": each candidate's fit on several devices (VTSSTuner)
+    "num_nodes",
     "precision",
     "max_epochs",
     "max_steps",
@@ -92,6 +94,7 @@ class TrainerSettings:
         )
         if unknown:
             raise VTSSError(f"unsupported trainer argument(s) for the search: {sorted(unknown)}")
+        _check_lightning_strategy(kwargs.get("strategy"))
         return cls({k: v for k, v in kwargs.items() if k in INHERITED})
 
     def device(self) -> torch.device:
@@ -116,6 +119,19 @@ class TrainerSettings:
         kwargs = {**self.kwargs, **self.budget(fraction), **ISOLATED}
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         return pl.Trainer(**kwargs)
+
+
+def _check_lightning_strategy(strategy: Any) -> None:
+    """A Lightning strategy name must be registered (``"ddp"``, ``"ddp_spawn"``, ...)."""
+    if strategy is None or not isinstance(strategy, str) or strategy == "auto":
+        return
+    from pytorch_lightning.strategies import StrategyRegistry
+
+    if strategy not in StrategyRegistry:
+        raise VTSSError(
+            f"unsupported trainer argument(s) for the search: strategy={strategy!r} is not a "
+            "Lightning strategy (e.g. 'ddp', 'ddp_spawn')"
+        )
 
 
 def clone_module(module: pl.LightningModule) -> pl.LightningModule:
@@ -244,10 +260,33 @@ class FinetuneScorer(RetrainScorer):
 
 
 def make_scorer(
-    strategy: str, template, settings: TrainerSettings, seed: int, finetune_fraction: float
+    strategy: str,
+    template,
+    settings: TrainerSettings,
+    seed: int,
+    finetune_fraction: float,
+    halving_eta: float = 3.0,
+    keep_states: bool = False,
+    verbose: bool = True,
 ):
+    """The scorer of ``strategy``; ``keep_states`` keeps weights so the winner is reusable."""
     if strategy == "retrain":
-        return RetrainScorer(template, settings, seed)
+        return RetrainScorer(template, settings, seed, keep_states=keep_states)
     if strategy == "finetune":
         return FinetuneScorer(template, settings, seed, finetune_fraction)
+    if strategy == "parallel":
+        from vtss_lightning.search.parallel import ParallelScorer
+
+        return ParallelScorer(template, settings, seed, keep_states=keep_states, verbose=verbose)
+    if strategy in ("halving", "parallel_halving"):
+        from vtss_lightning.search.halving import HalvingScorer
+
+        parallel = strategy == "parallel_halving"
+        return HalvingScorer(
+            template, settings, seed, halving_eta, parallel, keep_states=keep_states, verbose=verbose
+        )
+    if strategy == "ray":
+        from vtss_lightning.search.ray_scorer import RayScorer
+
+        return RayScorer(template, settings, seed)
     raise VTSSError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
