@@ -1,0 +1,27 @@
+"""Process-wide settings that keep small training steps cheap."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+_NVML = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+
+def skip_nvml_check_without_gpu() -> bool:
+    """Use the plain CUDA check when NVML finds no GPU; returns True if it switched.
+
+    Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` so that asking whether CUDA is
+    available does not initialise the driver before DataLoader workers fork. With that
+    flag a CUDA build of torch loads NVML on *every* ``torch.cuda.is_available()``,
+    which ``torch.optim.Adam``/``AdamW`` call on every step: about 0.2-1 ms per step on
+    a CPU-only machine, more than a small model's whole step. Without a GPU there is
+    no driver to protect, so the flag only costs time; with one it is left alone.
+    """
+    if os.environ.get(_NVML) != "1" or not torch.backends.cuda.is_built():
+        return False
+    if torch.cuda.is_available():  # NVML sees a GPU: keep Lightning's fork-safe check
+        return False
+    os.environ[_NVML] = "0"
+    return True
