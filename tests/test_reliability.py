@@ -564,3 +564,18 @@ def test_a_validation_split_too_small_for_the_classes_is_a_clear_error():
     data = frame(n_neg=2, n_pos=2)
     with pytest.raises(VTSSError, match=r"val_fraction=0.2 puts 1 of 4 rows into validation"):
         TabularDataModule.from_frame(data, target="y").setup()
+
+
+def test_smote_sampling_in_chunks_gives_the_same_rows(monkeypatch):
+    """Chunked interpolation bounds memory for large pools without changing a row."""
+    import vtss_lightning.generators.smote as smote
+    from vtss_lightning.data.schema import FeatureSchema
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 5, generator=g)
+    x[:, 3:] = torch.nn.functional.one_hot(torch.randint(2, (60,), generator=g), 2).float()
+    schema = FeatureSchema(n_features=5, numeric=(0, 1, 2), categorical_groups=((3, 4),))
+    gen = SMOTEGenerator().fit(x, schema, seed=0)
+    whole = gen.sample(1000, generator_seed=3)
+    monkeypatch.setattr(smote, "_SAMPLE_CHUNK", 7)
+    assert torch.equal(gen.sample(1000, generator_seed=3), whole)

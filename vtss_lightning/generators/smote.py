@@ -17,6 +17,8 @@ from vtss_lightning.generators.base import SyntheticGenerator
 
 #: Largest distance block (rows x rows) computed at once: 2**24 floats = 64 MiB.
 _MAX_BLOCK = 2**24
+#: Rows interpolated at once when sampling (bounds the temporaries, not the output).
+_SAMPLE_CHUNK = 2**16
 
 
 def nearest_neighbours(x: torch.Tensor, k: int, max_block: int = _MAX_BLOCK) -> torch.Tensor:
@@ -100,12 +102,17 @@ class SMOTEGenerator(SyntheticGenerator):
         lam = torch.rand(n, 1, generator=g).to(device)
         coin = torch.rand(n, len(groups), generator=g).to(device)
 
-        x_base = x[base]
-        x_near = x[neighbours[base, pick]]
-        out = torch.addcmul(x_base, lam, x_near - x_base)
-        for i, cols in enumerate(groups):
-            from_near = (coin[:, i] < lam[:, 0]).unsqueeze(1)
-            out[:, cols] = torch.where(from_near, x_near[:, cols], x_base[:, cols])
+        near = neighbours[base, pick]
+        out = torch.empty(n, x.shape[1], dtype=x.dtype, device=device)
+        # rows in chunks: the temporaries stay at _SAMPLE_CHUNK rows, not 3-4 copies of n
+        for start in range(0, n, _SAMPLE_CHUNK):
+            rows = slice(start, min(n, start + _SAMPLE_CHUNK))
+            x_base, x_near, lam_c = x[base[rows]], x[near[rows]], lam[rows]
+            block = torch.addcmul(x_base, lam_c, x_near - x_base)
+            for i, cols in enumerate(groups):
+                from_near = (coin[rows, i] < lam_c[:, 0]).unsqueeze(1)
+                block[:, cols] = torch.where(from_near, x_near[:, cols], x_base[:, cols])
+            out[rows] = block
         return out
 
     def __repr__(self) -> str:
