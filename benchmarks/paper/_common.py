@@ -34,7 +34,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 PAPER_MD = RESULTS / "paper.md"
 
 #: Section order in ``results/paper.md``.
-SECTIONS = ("header", "exp1", "exp2", "exp3", "exp4", "exp5", "exp6", "exp7")
+SECTIONS = ("header", "exp1", "exp2", "exp3", "exp4", "exp5", "exp5b", "exp6", "exp7")
 
 
 def quiet() -> None:
