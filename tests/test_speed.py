@@ -304,6 +304,10 @@ def test_callback_validates_speed_options():
         VTSSCallback(strategy="halving", folds=3)
     with pytest.raises(VTSSError, match="halving_eta"):
         VTSSCallback(strategy="halving", halving_eta=1.0)
+    with pytest.raises(VTSSError, match="snapshot"):
+        VTSSCallback(strategy="parallel", snapshot="first")
+    scorer = make_scorer("parallel", None, SETTINGS, 0, 0.3, snapshot="last")
+    assert isinstance(scorer, ParallelScorer) and scorer.snapshot == "last"
     assert isinstance(
         make_scorer("parallel_halving", None, SETTINGS, 0, 0.3, halving_eta=2), HalvingScorer
     )

@@ -68,6 +68,10 @@ class VTSSCallback(Callback):
         Share of the epoch/step budget each fine-tune gets.
     halving_eta
         Halving factor of ``"halving"`` strategies: each rung keeps the best 1/eta.
+    snapshot
+        Stacked strategies (``"parallel"``, ``"parallel_halving"``): ``"best"`` scores
+        (and keeps) each candidate at its best epoch by balanced validation loss,
+        ``"last"`` at its final step, exactly like ``"retrain"``.
     refit
         ``False`` (default): when the search trained the winner with the final
         settings on the hold-out (every strategy but ``finetune``/``ray``, without
@@ -107,6 +111,7 @@ class VTSSCallback(Callback):
         progress_path: str | None = None,
         halving_eta: float = 3.0,
         refit: bool = False,
+        snapshot: Literal["best", "last"] = "best",
     ) -> None:
         if strategy not in STRATEGIES:
             raise VTSSError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -127,6 +132,9 @@ class VTSSCallback(Callback):
         if halving_eta <= 1:
             raise VTSSError(f"halving_eta must be > 1, got {halving_eta}")
         self.halving_eta, self.refit = float(halving_eta), bool(refit)
+        if snapshot not in ("best", "last"):
+            raise VTSSError(f"snapshot must be 'best' or 'last', got {snapshot!r}")
+        self.snapshot = snapshot
         self.result: VTSSResult | None = None
         self._fit_started: float | None = None
         self._reused = False  # the winner's weights are the final model (no refit)
@@ -247,6 +255,7 @@ def run_search(
         cfg.halving_eta,
         keep_states=reuse,
         verbose=cfg.verbose,
+        snapshot=cfg.snapshot,
     )
     store = None
     if progress_path is not None:
@@ -273,6 +282,7 @@ def run_search(
         "seed": cfg.seed,
         "halving_eta": cfg.halving_eta,
         "refit": cfg.refit,
+        "snapshot": cfg.snapshot,
         "generator": repr(dm.generator),
         "model": type(module).__name__,
         "trainer": {k: str(v) for k, v in settings.kwargs.items()},

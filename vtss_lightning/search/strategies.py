@@ -268,6 +268,7 @@ def make_scorer(
     halving_eta: float = 3.0,
     keep_states: bool = False,
     verbose: bool = True,
+    snapshot: str = "best",
 ):
     """The scorer of ``strategy``; ``keep_states`` keeps weights so the winner is reusable."""
     if strategy == "retrain":
@@ -277,13 +278,22 @@ def make_scorer(
     if strategy == "parallel":
         from vtss_lightning.search.parallel import ParallelScorer
 
-        return ParallelScorer(template, settings, seed, keep_states=keep_states, verbose=verbose)
+        return ParallelScorer(
+            template, settings, seed, snapshot, keep_states=keep_states, verbose=verbose
+        )
     if strategy in ("halving", "parallel_halving"):
         from vtss_lightning.search.halving import HalvingScorer
 
         parallel = strategy == "parallel_halving"
         return HalvingScorer(
-            template, settings, seed, halving_eta, parallel, keep_states=keep_states, verbose=verbose
+            template,
+            settings,
+            seed,
+            halving_eta,
+            parallel,
+            keep_states=keep_states,
+            verbose=verbose,
+            snapshot=snapshot,
         )
     if strategy == "ray":
         from vtss_lightning.search.ray_scorer import RayScorer

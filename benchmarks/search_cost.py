@@ -1,0 +1,329 @@
+"""What a VTSS search costs, in units of one plain fit, per strategy (issue 5).
+
+For the tabular MLP (64-64, AdamW, 30 epochs) on the paper's linear design and for
+the digits CNN (``ImageClassifier``, digit 8 against the rest), K = 9 candidates (the
+default grid): the wall time of the whole run (search + final model) divided by one
+plain fit (a Lightning fit of the same model at full balance, timed in the same
+process between the strategies), for retrain / finetune / parallel / halving /
+parallel_halving; how often each strategy selects the ratio that retrain selects
+(exactly, and within one grid step); and the Lightning training step against a raw
+PyTorch loop on the same model and data.
+
+A strategy that trains the winner with the final settings (all but finetune) hands
+its weights over as the final model (``refit=False``, the default), so its final
+model costs nothing; finetune's final model is a full fit at the chosen size.
+
+Usage::
+
+    .venv/bin/python benchmarks/search_cost.py --seeds 10 --threads 1
+    .venv/bin/python benchmarks/search_cost.py --device cuda --seeds 5 --out benchmarks/results/search_cost_gpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "paper"))
+from _common import machine, quiet, single_thread, today  # noqa: E402
+
+from vtss_lightning.data.loaders import TensorBatches  # noqa: E402
+from vtss_lightning.search import SearchEngine  # noqa: E402
+from vtss_lightning.search.grid import DEFAULT_RATIOS  # noqa: E402
+from vtss_lightning.search.strategies import (  # noqa: E402
+    RetrainScorer,
+    TrainerSettings,
+    clone_module,
+    make_scorer,
+)
+
+STRATEGIES = ("retrain", "finetune", "parallel", "parallel_last", "halving", "parallel_halving")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def workload(kind: str, seed: int, device: str):
+    """DataModule, built template and trainer settings of one workload and seed."""
+    from vtss_lightning import ImageDataModule, TabularDataModule
+    from vtss_lightning.generators import SMOTEGenerator
+    from vtss_lightning.models import ImageClassifier, TabularClassifier
+
+    torch.manual_seed(seed)
+    if kind == "tabular":
+        dm = TabularDataModule(
+            dataset="paper_linear", scale=False, seed=seed, generator=SMOTEGenerator(k_neighbors=5)
+        )
+        model, epochs = TabularClassifier(hidden_dims=[64, 64], optimizer="adamw"), 30
+    else:
+        dm = ImageDataModule(dataset="digits_binary", seed=seed, batch_size=64)
+        model, epochs = ImageClassifier(width=16, depth=2), 15
+    dm.setup()
+    model.configure_from_data(dm)
+    accel = "gpu" if device == "cuda" else "cpu"
+    settings = TrainerSettings.from_kwargs(
+        {"max_epochs": epochs, "accelerator": accel, "devices": 1}
+    )
+    dm.to_device(settings.device())
+    gaps = dm.class_gaps()
+    dm.prepare_pool({k: math.floor(max(DEFAULT_RATIOS) * g + 0.5) for k, g in gaps.items() if g})
+    return dm, model, settings, epochs
+
+
+def timed_fit(model, settings, dm, ratio: float, seed: int) -> float:
+    t0 = time.perf_counter()
+    RetrainScorer(model, settings, seed).fit(clone_module(model), dm, dm.sizes_for_ratio(ratio))
+    return time.perf_counter() - t0
+
+
+def run_seed(kind: str, seed: int, device: str, eta: float) -> dict:
+    dm, model, settings, _ = workload(kind, seed, device)
+    out = {"one_fit": [], "runs": {}}
+    order = list(STRATEGIES[seed % len(STRATEGIES) :] + STRATEGIES[: seed % len(STRATEGIES)])
+    for strategy in order:
+        out["one_fit"].append(timed_fit(model, settings, dm, 1.0, seed))  # interleaved
+        name, snapshot = (
+            (strategy[:-5], "last") if strategy.endswith("_last") else (strategy, "best")
+        )
+        scorer = make_scorer(
+            name, model, settings, seed, 0.3, eta, keep_states=True, verbose=False,
+            snapshot=snapshot,
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        result = SearchEngine(verbose=False).run(dm, scorer)
+        search = time.perf_counter() - t0
+        final = 0.0
+        if scorer.trained_state(result.selected_index_sizes) is None:
+            final = timed_fit(model, settings, dm, result.selected_ratio, seed)
+        out["runs"][strategy] = {
+            "search": search,
+            "final": final,
+            "ratio": result.selected_ratio,
+            "fallback": getattr(scorer, "fallback_reason", None),
+        }
+    out["one_fit"] = float(np.median(out["one_fit"]))
+    return out
+
+
+# ------------------------------------------------------------ hot path
+def step_times(device: str, epochs: int = 5, repeats: int = 3) -> dict[str, float]:
+    """Seconds per optimizer step: raw loop vs Lightning, same MLP and batches."""
+    from vtss_lightning.models import TabularClassifier
+
+    dm, _, _, _ = workload("tabular", 0, device)
+    x, y = dm.training_tensors(dm.sizes_for_ratio(1.0))
+    torch.manual_seed(0)
+    base = TabularClassifier(
+        hidden_dims=[64, 64], optimizer="adamw", n_features=x.shape[1], num_classes=2
+    ).to(x.device)
+    accel = "gpu" if device == "cuda" else "cpu"
+
+    def raw() -> float:
+        m = copy.deepcopy(base)
+        opt = m.configure_optimizers()
+        loader = TensorBatches(x, y, 256, shuffle=True, seed=0)
+        steps, t0 = 0, time.perf_counter()
+        for _ in range(epochs):
+            for xb, yb in loader:
+                loss = m.loss(m(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                steps += 1
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / steps
+
+    def lightning(**kw) -> float:
+        m = copy.deepcopy(base)
+        loader = TensorBatches(x, y, 256, shuffle=True, seed=0)
+
+        class Clock(pl.Callback):
+            def on_train_start(self, *a):
+                self.t0 = time.perf_counter()
+
+            def on_train_end(self, *a):
+                self.seconds = time.perf_counter() - self.t0
+
+        clock = Clock()
+        trainer = pl.Trainer(
+            max_epochs=epochs, accelerator=accel, devices=1, enable_model_summary=False,
+            num_sanity_val_steps=0, limit_val_batches=0, callbacks=[clock], **kw,
+        )  # fmt: skip
+        trainer.fit(m, train_dataloaders=loader)
+        return clock.seconds / trainer.global_step
+
+    root = tempfile.mkdtemp(prefix="vtss_steps_")
+    variants = {
+        "raw PyTorch loop": raw,
+        "Lightning, no logger/bar (VTSS inner fits)": lambda: lightning(
+            logger=False, enable_checkpointing=False, enable_progress_bar=False
+        ),
+        "Lightning, CSV logger, no bar": lambda: lightning(
+            logger=pl.loggers.CSVLogger(root),
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+        ),  # fmt: skip
+        "Lightning defaults (logger, checkpoint, progress bar)": lambda: lightning(
+            default_root_dir=root
+        ),
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            times[name].append(fn())
+    nvml = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
+    if device == "cpu" and nvml == "0":  # what the NVML flag costs (vtss_lightning._runtime)
+        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+        try:
+            name = "Lightning, no logger/bar, with Lightning's NVML CUDA check"
+            times[name] = [
+                variants["Lightning, no logger/bar (VTSS inner fits)"]() for _ in range(2)
+            ]
+        finally:
+            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = nvml
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+# ------------------------------------------------------------------ report
+def grid_step(a: float, b: float) -> int:
+    grid = list(DEFAULT_RATIOS)
+    return abs(grid.index(a) - grid.index(b))
+
+
+def section(kind: str, seeds: list[dict]) -> str:
+    title = {
+        "tabular": "Tabular MLP (64-64, AdamW, 30 epochs, batch 256) on the paper's linear design",
+        "digits": "Digits CNN (ImageClassifier width 16, depth 2, 15 epochs, batch 64), digit 8 vs rest",
+    }[kind]
+    one = [s["one_fit"] for s in seeds]
+    lines = [
+        f"### {title}",
+        "",
+        f"One plain fit (full balance): median {np.median(one):.2f} s over seeds "
+        f"(range {min(one):.2f}-{max(one):.2f} s).",
+        "",
+        "| strategy | whole run / one fit: median [min, max] | search s (median) | final model s "
+        "(median) | same ratio as retrain | within one grid step |",
+        "|---|---|---|---|---|---|",
+    ]
+    for strategy in STRATEGIES:
+        runs = [s["runs"][strategy] for s in seeds]
+        ratios = [
+            (r["search"] + r["final"]) / s["one_fit"] for r, s in zip(runs, seeds, strict=True)
+        ]
+        exact = sum(
+            r["ratio"] == s["runs"]["retrain"]["ratio"] for r, s in zip(runs, seeds, strict=True)
+        )
+        near = sum(
+            grid_step(r["ratio"], s["runs"]["retrain"]["ratio"]) <= 1
+            for r, s in zip(runs, seeds, strict=True)
+        )
+        n = len(seeds)
+        lines.append(
+            f"| {strategy} | {np.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}] | "
+            f"{np.median([r['search'] for r in runs]):.1f} | "
+            f"{np.median([r['final'] for r in runs]):.1f} | {exact}/{n} | {near}/{n} |"
+        )
+    fallbacks = {s["runs"][k]["fallback"] for s in seeds for k in STRATEGIES} - {None}
+    if fallbacks:
+        lines += ["", f"Fallbacks: {sorted(fallbacks)}"]
+    picks = ", ".join(
+        f"{k}: " + " ".join(f"{s['runs'][k]['ratio']:g}" for s in seeds) for k in STRATEGIES
+    )
+    lines += ["", f"Selected ratios per seed — {picks}.", ""]
+    return "\n".join(lines)
+
+
+def steps_section(steps: dict[str, float]) -> str:
+    raw = steps["raw PyTorch loop"]
+    lines = [
+        "### Lightning loop vs raw PyTorch loop (tabular MLP, batch 256, full-balance set, 5 epochs)",
+        "",
+        "| loop | ms / step (median of repeats) | vs raw |",
+        "|---|---|---|",
+    ]
+    for name, sec in steps.items():
+        lines.append(f"| {name} | {sec * 1e3:.3f} | {sec / raw:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0, help="first seed")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--eta", type=float, default=3.0)
+    parser.add_argument("--workloads", default="tabular,digits")
+    parser.add_argument("--out", type=Path, default=RESULTS / "search_cost.md")
+    args = parser.parse_args()
+    quiet()
+    single_thread(args.threads)
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    steps = step_times(args.device)
+    done: dict[str, list[dict]] = {}
+    for kind in args.workloads.split(","):
+        done[kind] = []
+        for s in range(args.seed, args.seed + args.seeds):
+            done[kind].append(run_seed(kind, s, args.device, args.eta))
+            r = done[kind][-1]["runs"]
+            print(kind, s, {k: round((v["search"] + v["final"]) / done[kind][-1]["one_fit"], 2)
+                            for k, v in r.items()}, {k: v["ratio"] for k, v in r.items()}, flush=True)  # fmt: skip
+            write_report(args, steps, done, load_before, start)  # partial results survive a kill
+
+
+def write_report(args, steps, done, load_before, start) -> None:
+    parts = [section(kind, seeds) for kind, seeds in done.items() if seeds]
+    load_after = os.getloadavg()
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]])
+    gpu_note = (
+        "GPU: not available on this machine; run `benchmarks/gpu_search_cost.sh` on a CUDA "
+        "machine (writes `benchmarks/results/search_cost_gpu.md`; target <= 1.5x one fit)."
+        if args.device == "cpu"
+        else f"GPU: {torch.cuda.get_device_name()}."
+    )
+    text = "\n".join(
+        [
+            "# Search cost per strategy (issue 5)",
+            "",
+            f"Command: `{command}`  ",
+            f"Machine: {machine() if args.device == 'cpu' else torch.cuda.get_device_name()}  ",
+            f"Date: {today()}; wall time {time.perf_counter() - start:.0f} s; 1-min load "
+            f"average {load_before[0]:.1f} before, {load_after[0]:.1f} after.",
+            "",
+            "Whole run = search + final model; one fit = a Lightning fit of the same model "
+            "at full balance, timed in the same process before each strategy (median). "
+            "K = 9 (default grid 0, .5, .75, .9, 1, 1.1, 1.25, 1.5, 2); halving eta = "
+            f"{args.eta:g}; the pool is drawn before timing (same for every strategy). "
+            "Agreement: the selected ratio vs retrain's on the same seed. "
+            "`parallel` scores each candidate at its best epoch (retrain: last epoch) and "
+            "draws different dropout masks, so its losses are not retrain's to the digit.",
+            "",
+            "**Load caveat:** the machine was shared with other jobs while this ran (see the "
+            "load averages above); absolute seconds are inflated and noisy, the ratios less so "
+            "(strategy and reference fit interleaved per seed). Rerun the command on a quiet "
+            "machine for clean figures.",
+            "",
+            gpu_note,
+            "",
+            steps_section(steps),
+            *parts,
+        ]
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
