@@ -70,7 +70,7 @@ def write_sample_grid(dm, directory: str | Path, per_class: int = 8) -> Path | N
                     spine.set_visible(False)
                 if j < len(images):
                     ax.imshow(_displayable(images[j]), cmap="gray", vmin=0.0, vmax=1.0)
-            label = f"{name}\n{kind}" if len(images) else f"{name}\n{kind}: none drawn"
+            label = f"class {name}\n{kind}" if len(images) else f"class {name}\n{kind}: none drawn"
             ax_row[0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle(
         "VTSS: real (upper) and synthetic (lower) training images per minority class", fontsize=9
