@@ -233,3 +233,16 @@ def test_sample_grid_is_skipped_for_tables(tmp_path):
     dm = SyntheticAugmentationDataModule(x, y)
     dm.setup()
     assert write_sample_grid(dm, tmp_path) is None and not (tmp_path / SAMPLES_NAME).exists()
+
+
+def test_parallel_strategy_falls_back_to_retrain_when_images_are_augmented():
+    from vtss_lightning.search.parallel import ParallelScorer
+    from vtss_lightning.search.strategies import TrainerSettings
+
+    x, y = _images(30, 10, h=8, w=8)
+    dm = ImageDataModule(x=x, y=y, transforms="shift")
+    dm.setup()
+    scorer = ParallelScorer(
+        ImageClassifier(width=4), TrainerSettings.from_kwargs({"max_epochs": 1}), 0
+    )
+    assert "transforms" in scorer._blocker(dm)

@@ -187,6 +187,8 @@ class ParallelScorer(RetrainScorer):
             or (isinstance(devices, list | tuple) and len(devices) > 1)
         ):
             return "several devices per candidate (DDP) need retrain"
+        if getattr(dm, "transform", None) is not None:
+            return "the DataModule augments real images per batch (transforms=), not replayed"
         base = clone_module(self.template)
         if not getattr(base, "automatic_optimization", True):
             return "the module uses manual optimization"
