@@ -75,6 +75,18 @@ def test_class_weights_balanced_and_numeric():
     torch.testing.assert_close(numeric.class_weights, torch.tensor([1.0, 4.0]))
 
 
+def test_numeric_class_weight_goes_to_the_minority_even_at_index_zero():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(110, 2)).astype(np.float32)
+    y = np.array(["rare"] * 10 + ["zcommon"] * 100)  # sorted labels: minority is index 0
+    dm = TabularDataModule.from_arrays(x, y)
+    dm.setup()
+    assert dm.holdout.class_counts[0] < dm.holdout.class_counts[1]
+    model = TabularClassifier(class_weight=4.0)
+    model.configure_from_data(dm)
+    torch.testing.assert_close(model.class_weights, torch.tensor([4.0, 1.0]))
+
+
 def test_class_weighting_raises_minority_predictions():
     dm = _data(2)
     plain = _fit(TabularClassifier(), dm)

@@ -50,7 +50,8 @@ class TabularClassifier(pl.LightningModule):
     class_weight
         Cost-sensitive ERM, the non-synthetic baseline: ``"balanced"`` weighs each
         class by ``n / (C * n_k)`` on the real training rows, a number ``w`` weighs
-        the minority class (class index 1) of a binary task by ``w``. The loss is the
+        the minority class of a binary task (the class with fewer real training rows;
+        class index 1 when the model is built without data) by ``w``. The loss is the
         weighted mean; validation stays unweighted and balanced.
     random_features, rff_lengthscale
         Prepend that many fixed random Fourier features of an RBF kernel with this
@@ -155,7 +156,10 @@ class TabularClassifier(pl.LightningModule):
                 raise VTSSError(
                     "a numeric class_weight is for binary tasks; use 'balanced' for multi-class"
                 )
-            weights[1] = float(cw)
+            # the minority is whichever class has fewer real training rows (labels are
+            # sorted, so it can be index 0); without counts, class index 1
+            minority = 1 if counts is None else int(counts[1] <= counts[0])
+            weights[minority] = float(cw)
         return weights
 
     def configure_model(self) -> None:
