@@ -29,6 +29,9 @@ def main(args: list[str] | None = None) -> None:
             subclass_mode_data=True,
             args=args,
             auto_configure_optimizers=False,
+            # with ``logger: false`` every run saves config.yaml into the same folder;
+            # rerunning a command must not fail on the previous run's copy
+            save_config_kwargs={"overwrite": True},
         )
     except VTSSError as exc:
         print(f"vtss: error: {exc}", file=sys.stderr)
