@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from vtss_lightning.generators import SMOTEGenerator
 from vtss_lightning.models import ImageClassifier
 from vtss_lightning.search.sample_grid import SAMPLES_NAME, write_sample_grid
 
+REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 
@@ -246,3 +248,26 @@ def test_parallel_strategy_falls_back_to_retrain_when_images_are_augmented():
         ImageClassifier(width=4), TrainerSettings.from_kwargs({"max_epochs": 1}), 0
     )
     assert "transforms" in scorer._blocker(dm)
+
+
+@pytest.mark.parametrize("name", ["image_digits_vae", "image_digits_diffusion"])
+def test_digits_configs_run_through_the_cli(tmp_path, name):
+    """The shipped configs, with a cheap generator and budget: the newcomer's path."""
+    import yaml
+
+    from vtss_lightning.cli import main
+
+    config = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())
+    assert config["data"]["init_args"]["dataset"] in ("digits_binary", "digits_multiclass")
+    assert "ratios" not in config["vtss"]  # the default grid: 0 ... 2, with 1.0
+    config["data"]["init_args"]["generator"] = {
+        "class_path": "vtss_lightning.generators.SMOTEGenerator"
+    }
+    config["trainer"].update(max_epochs=1, default_root_dir=str(tmp_path / "run"), logger=False)
+    config["vtss"].update(ratios=[0.0, 1.0], progress=False, verbose=False)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    main(["fit", "--config", str(path)])
+    report = json.loads((tmp_path / "run" / "vtss_report.json").read_text())
+    assert [c["ratio"] for c in report["candidates"]] == [0.0, 1.0]
+    assert (tmp_path / "run" / SAMPLES_NAME).exists() and "test_metrics" in report
