@@ -206,7 +206,7 @@ One section per experiment, each written by its own script in `benchmarks/paper/
 machine and the date, and a PNG of the loss-versus-size curves in this folder.
 Default `--reps` are small so that all scripts finish in about half an hour on a
 shared 2-core CPU; `--reps 100` is the full run. Experiment 1 also has its own
-report, `paper_linear.md` (`benchmarks/paper_linear.py`).
+report, `paper_linear.md` (`benchmarks/paper/exp1_linear.py`).
 """
 
 EXP7 = """## Experiment 7: MIMIC-III (not reproduced)
