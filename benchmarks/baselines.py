@@ -69,7 +69,6 @@ READING = (
     "G-VTSS rated SMOTE realistic on almost every split and searched around the theory target"
     "; that paid on digits_ovr (γ̂ ≈ 3, −0.013 ± 0.008 against VTSS) and not on breast_cancer"
     ". Tuned cost-sensitive weighting is the strongest non-synthetic baseline, as in the pape"
-    "r."
 )
 
 
