@@ -68,7 +68,8 @@ READING = (
     "east_cancer and level on digits_ovr and wine_ovr (where every remedy is within 0.003). T"
     "G-VTSS rated SMOTE realistic on almost every split and searched around the theory target"
     "; that paid on digits_ovr (γ̂ ≈ 3, −0.013 ± 0.008 against VTSS) and not on breast_cancer"
-    ". Tuned cost-sensitive weighting is the strongest non-synthetic baseline, as in the pape"
+    ". Tuned cost-sensitive weighting is the strongest non-synthetic baseline on two of the "
+    "three datasets, as in the paper."
 )
 
 
