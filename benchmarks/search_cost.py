@@ -48,7 +48,11 @@ from vtss_lightning.search.strategies import (  # noqa: E402
     make_scorer,
 )
 
-STRATEGIES = ("retrain", "finetune", "parallel", "parallel_last", "halving", "parallel_halving")
+STRATEGIES = ("retrain", "finetune", "parallel", "parallel_best", "halving", "parallel_halving")
+LABELS = {
+    "parallel": "parallel (snapshot=last, default)",
+    "parallel_best": "parallel (snapshot=best)",
+}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -92,7 +96,7 @@ def run_seed(kind: str, seed: int, device: str, eta: float) -> dict:
     for strategy in order:
         out["one_fit"].append(timed_fit(model, settings, dm, 1.0, seed))  # interleaved
         name, snapshot = (
-            (strategy[:-5], "last") if strategy.endswith("_last") else (strategy, "best")
+            (strategy[:-5], "best") if strategy.endswith("_best") else (strategy, "last")
         )
         scorer = make_scorer(
             name, model, settings, seed, 0.3, eta, keep_states=True, verbose=False,
@@ -230,7 +234,7 @@ def section(kind: str, seeds: list[dict]) -> str:
         )
         n = len(seeds)
         lines.append(
-            f"| {strategy} | {np.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}] | "
+            f"| {LABELS.get(strategy, strategy)} | {np.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}] | "
             f"{np.median([r['search'] for r in runs]):.1f} | "
             f"{np.median([r['final'] for r in runs]):.1f} | {exact}/{n} | {near}/{n} |"
         )
@@ -307,8 +311,9 @@ def write_report(args, steps, done, load_before, start) -> None:
             "K = 9 (default grid 0, .5, .75, .9, 1, 1.1, 1.25, 1.5, 2); halving eta = "
             f"{args.eta:g}; the pool is drawn before timing (same for every strategy). "
             "Agreement: the selected ratio vs retrain's on the same seed. "
-            "`parallel` scores each candidate at its best epoch (retrain: last epoch) and "
-            "draws different dropout masks, so its losses are not retrain's to the digit.",
+            "`parallel` replays retrain per candidate but draws different dropout masks, so "
+            "its losses equal retrain's only without dropout; `snapshot=best` scores each "
+            "candidate at its best epoch by validation loss instead of its last.",
             "",
             "**Load caveat:** the machine was shared with other jobs while this ran (see the "
             "load averages above); absolute seconds are inflated and noisy, the ratios less so "

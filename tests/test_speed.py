@@ -306,8 +306,10 @@ def test_callback_validates_speed_options():
         VTSSCallback(strategy="halving", halving_eta=1.0)
     with pytest.raises(VTSSError, match="snapshot"):
         VTSSCallback(strategy="parallel", snapshot="first")
-    scorer = make_scorer("parallel", None, SETTINGS, 0, 0.3, snapshot="last")
-    assert isinstance(scorer, ParallelScorer) and scorer.snapshot == "last"
+    scorer = make_scorer("parallel", None, SETTINGS, 0, 0.3)
+    assert isinstance(scorer, ParallelScorer) and scorer.snapshot == "last"  # retrain's rule
+    assert make_scorer("parallel", None, SETTINGS, 0, 0.3, snapshot="best").snapshot == "best"
+    assert VTSSCallback(strategy="parallel").snapshot == "last"
     assert isinstance(
         make_scorer("parallel_halving", None, SETTINGS, 0, 0.3, halving_eta=2), HalvingScorer
     )

@@ -69,9 +69,11 @@ class VTSSCallback(Callback):
     halving_eta
         Halving factor of ``"halving"`` strategies: each rung keeps the best 1/eta.
     snapshot
-        Stacked strategies (``"parallel"``, ``"parallel_halving"``): ``"best"`` scores
-        (and keeps) each candidate at its best epoch by balanced validation loss,
-        ``"last"`` at its final step, exactly like ``"retrain"``.
+        Stacked strategies (``"parallel"``, ``"parallel_halving"``): ``"last"``
+        (default) scores and keeps each candidate at its final step, exactly like
+        ``"retrain"``; ``"best"`` at its best epoch by balanced validation loss (early
+        stopping per candidate; it selects differently from retrain, see
+        ``benchmarks/results/search_cost.md``).
     refit
         ``False`` (default): when the search trained the winner with the final
         settings on the hold-out (every strategy but ``finetune``/``ray``, without
@@ -111,7 +113,7 @@ class VTSSCallback(Callback):
         progress_path: str | None = None,
         halving_eta: float = 3.0,
         refit: bool = False,
-        snapshot: Literal["best", "last"] = "best",
+        snapshot: Literal["best", "last"] = "last",
     ) -> None:
         if strategy not in STRATEGIES:
             raise VTSSError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")

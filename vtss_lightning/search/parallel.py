@@ -6,12 +6,13 @@ its *own* training set (real rows + its pool prefix) in the order the DataModule
 loader gives them, for ``max_epochs`` passes over that set (capped by ``max_steps``).
 All members of a stack take their optimizer steps together; a member that has used
 its budget leaves the stack, so the work is the sum of the candidates' steps, done
-in wide vectorised steps. Differences from ``retrain``, by design: every member is
-scored on the real validation rows after each of its epochs and keeps its best
-epoch (``snapshot="best"``; ``"last"`` scores the final weights like ``retrain``),
-Dropout draws different masks per member, and Lightning hooks of the module other
-than ``forward``/``loss``/``configure_optimizers`` are not run. What cannot be
-stacked falls back to ``retrain`` with a one-line reason.
+in wide vectorised steps. By default (``snapshot="last"``) a member is scored on
+its final weights like ``retrain``; ``snapshot="best"`` scores every member on the
+real validation rows after each of its epochs and keeps its best epoch (early
+stopping per candidate, which selects differently from retrain). Differences from
+``retrain`` either way: Dropout draws different masks per member, and Lightning hooks
+of the module other than ``forward``/``loss``/``configure_optimizers`` are not run.
+What cannot be stacked falls back to ``retrain`` with a one-line reason.
 """
 
 from __future__ import annotations
@@ -99,8 +100,8 @@ class ParallelScorer(RetrainScorer):
     template, settings, seed
         As :class:`RetrainScorer` (the fallback).
     snapshot
-        ``"best"``: each member's score and weights are those of its best epoch by
-        balanced validation loss; ``"last"``: of its final step, like ``retrain``.
+        ``"last"``: each member's score and weights are those of its final step, like
+        ``retrain``; ``"best"``: of its best epoch by balanced validation loss.
     memory_budget_mb
         Memory the stacked training may use; members are trained in chunks that fit.
         Default: 70% of the free GPU memory on CUDA, no limit on the CPU.
@@ -115,7 +116,7 @@ class ParallelScorer(RetrainScorer):
         template,
         settings,
         seed: int = 0,
-        snapshot: str = "best",
+        snapshot: str = "last",
         memory_budget_mb: float | None = None,
         keep_states: bool = False,
         verbose: bool = True,

@@ -268,7 +268,7 @@ def make_scorer(
     halving_eta: float = 3.0,
     keep_states: bool = False,
     verbose: bool = True,
-    snapshot: str = "best",
+    snapshot: str = "last",
 ):
     """The scorer of ``strategy``; ``keep_states`` keeps weights so the winner is reusable."""
     if strategy == "retrain":
