@@ -89,9 +89,7 @@ def test_table_counts_dtype_device_and_exact_one_hot(make):
 def test_images_come_back_flat_in_unit_interval(make, shape):
     schema = FeatureSchema.image(*shape)
     # 28 x 28 x 3 only checks shapes and padding: two optimizer steps
-    gen = make(steps=2 if shape[1] == 28 else 20, width=8).fit(
-        images(12, *shape), schema, seed=0
-    )
+    gen = make(steps=2 if shape[1] == 28 else 20, width=8).fit(images(12, *shape), schema, seed=0)
     assert gen.kind_ == "image"
     rows = gen.sample(9, generator_seed=1)
     assert rows.shape == (9, schema.n_features) and rows.dtype == torch.float32
