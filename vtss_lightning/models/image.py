@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from vtss_lightning.errors import VTSSError
-from vtss_lightning.metrics import BalancedMeanLoss
+from vtss_lightning.models.base import BalancedClassifier, check_class_weight
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(BalancedClassifier):
     """``depth`` conv blocks (3x3 conv, batch norm, ReLU, 2x2 max-pool while the image
     is at least 2 pixels), global average pooling, dropout, a linear head; AdamW.
 
@@ -38,7 +36,7 @@ class ImageClassifier(pl.LightningModule):
         AdamW settings (no decay on biases and norm parameters).
     class_weight
         ``"balanced"`` (``n / (C * n_k)`` on the real training rows), a number ``w``
-        for the minority class (index 1) of a binary task, or ``None``.
+        for the minority class of a binary task (fewer training rows), or ``None``.
     image_shape, num_classes
         Only needed without a VTSS image DataModule.
     """
@@ -61,12 +59,7 @@ class ImageClassifier(pl.LightningModule):
             raise VTSSError(f"width and depth must be >= 1, got width={width}, depth={depth}")
         if lr <= 0 or weight_decay < 0 or not 0 <= dropout < 1:
             raise VTSSError("lr must be > 0, weight_decay >= 0 and dropout in [0, 1)")
-        if isinstance(class_weight, str) and class_weight != "balanced":
-            raise VTSSError(
-                f"class_weight must be None, 'balanced' or a number > 0, got {class_weight!r}"
-            )
-        if isinstance(class_weight, int | float) and not class_weight > 0:
-            raise VTSSError(f"class_weight must be > 0, got {class_weight}")
+        check_class_weight(class_weight)
         self.save_hyperparameters()
         self.net: nn.Module | None = None
         if image_shape is not None and num_classes is not None:
@@ -86,8 +79,7 @@ class ImageClassifier(pl.LightningModule):
             raise VTSSError(f"image_shape must be (C, H, W), got {image_shape}")
         hp = self.hparams
         hp.image_shape, hp.num_classes = tuple(int(s) for s in image_shape), int(num_classes)
-        self.num_classes = num_classes
-        self.register_buffer("class_weights", self._class_weights(num_classes, class_counts))
+        self.init_targets(num_classes, class_counts)
         c, h, w = hp.image_shape
         layers: list[nn.Module] = []
         for i in range(hp.depth):
@@ -100,8 +92,6 @@ class ImageClassifier(pl.LightningModule):
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(hp.dropout)]
         layers.append(nn.Linear(c, 1 if num_classes == 2 else num_classes))
         self.net = nn.Sequential(*layers)
-        self.val_balanced_loss = BalancedMeanLoss(num_classes)
-        self.val_balanced_accuracy = MulticlassAccuracy(num_classes, average="macro")
 
     def configure_from_data(self, datamodule) -> None:
         """Size the network from a set-up VTSS image DataModule (idempotent)."""
@@ -125,20 +115,6 @@ class ImageClassifier(pl.LightningModule):
             )
         self.configure_from_data(dm)
 
-    def _class_weights(self, num_classes: int, counts: list[int] | None) -> torch.Tensor:
-        cw = self.hparams.class_weight
-        weights = torch.ones(num_classes)
-        if cw == "balanced":
-            if counts is None:
-                raise VTSSError('class_weight="balanced" needs the class counts of a DataModule')
-            n = torch.as_tensor(counts, dtype=torch.float32)
-            weights = n.sum() / (num_classes * n.clamp_min(1))
-        elif cw is not None:
-            if num_classes != 2:
-                raise VTSSError("a numeric class_weight is for binary tasks; use 'balanced'")
-            weights[1] = float(cw)
-        return weights
-
     # ---------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, num_classes)`` for flattened rows ``(N, C*H*W)`` or images."""
@@ -154,29 +130,6 @@ class ImageClassifier(pl.LightningModule):
     def per_sample_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of each row; its balanced mean is the selection criterion."""
         return F.cross_entropy(scores, y, reduction="none")
-
-    def loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Training loss: the (class-weighted) mean of :meth:`per_sample_loss`."""
-        per_row = self.per_sample_loss(scores, y)
-        if self.hparams.class_weight is None:
-            return per_row.mean()
-        w = self.class_weights[y]
-        return (w * per_row).sum() / w.sum()
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = self.loss(self(x), y)
-        if self.trainer.loggers or self.trainer.progress_bar_callback is not None:
-            self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        scores = self(x)
-        self.val_balanced_loss.update(self.per_sample_loss(scores, y), y)
-        self.val_balanced_accuracy.update(scores.argmax(1), y)
-        self.log("val_balanced_loss", self.val_balanced_loss, prog_bar=True)
-        self.log("val_balanced_accuracy", self.val_balanced_accuracy)
 
     def configure_optimizers(self):
         hp = self.hparams

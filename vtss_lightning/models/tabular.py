@@ -5,17 +5,15 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from vtss_lightning.errors import VTSSError
-from vtss_lightning.metrics import BalancedMeanLoss
+from vtss_lightning.models.base import BalancedClassifier, check_class_weight
 
 
-class TabularClassifier(pl.LightningModule):
+class TabularClassifier(BalancedClassifier):
     """Logistic regression (``hidden_dims=[]``) or an MLP, trained by plain ERM.
 
     The input width and class count come from the DataModule when the trainer calls
@@ -89,12 +87,7 @@ class TabularClassifier(pl.LightningModule):
             raise VTSSError("weight_decay must be >= 0 and dropout in [0, 1)")
         if loss not in ("cross_entropy", "mse"):
             raise VTSSError(f"loss must be 'cross_entropy' or 'mse', got {loss!r}")
-        if isinstance(class_weight, str) and class_weight != "balanced":
-            raise VTSSError(
-                f"class_weight must be None, 'balanced' or a number > 0, got {class_weight!r}"
-            )
-        if isinstance(class_weight, int | float) and not class_weight > 0:
-            raise VTSSError(f"class_weight must be > 0, got {class_weight}")
+        check_class_weight(class_weight)
         if random_features < 0 or rff_lengthscale <= 0:
             raise VTSSError("random_features must be >= 0 and rff_lengthscale > 0")
         self.save_hyperparameters()
@@ -117,8 +110,7 @@ class TabularClassifier(pl.LightningModule):
             raise VTSSError(f"num_classes must be >= 2, got {num_classes}")
         hp = self.hparams
         hp.n_features, hp.num_classes = int(n_features), int(num_classes)
-        self.num_classes = num_classes
-        self.register_buffer("class_weights", self._class_weights(num_classes, class_counts))
+        self.init_targets(num_classes, class_counts)
         layers: list[nn.Module] = []
         width = n_features
         if hp.random_features:
@@ -132,35 +124,12 @@ class TabularClassifier(pl.LightningModule):
         out = 1 if num_classes == 2 else num_classes
         layers.append(nn.Linear(width, out, bias=hp.fit_intercept))
         self.net = nn.Sequential(*layers)
-        self.val_balanced_loss = BalancedMeanLoss(num_classes)
-        self.val_balanced_accuracy = MulticlassAccuracy(num_classes, average="macro")
 
     def configure_from_data(self, datamodule) -> None:
         """Size the network from a set-up VTSS DataModule (idempotent)."""
         if self.net is None:
             counts = datamodule.holdout.class_counts if hasattr(datamodule, "holdout") else None
             self.build(datamodule.n_features, datamodule.num_classes, counts)
-
-    def _class_weights(self, num_classes: int, counts: list[int] | None) -> torch.Tensor:
-        cw = self.hparams.class_weight
-        weights = torch.ones(num_classes)
-        if cw == "balanced":
-            if counts is None:
-                raise VTSSError(
-                    'class_weight="balanced" needs the class counts; build from a VTSS DataModule'
-                )
-            n = torch.as_tensor(counts, dtype=torch.float32)
-            weights = n.sum() / (num_classes * n.clamp_min(1))
-        elif cw is not None:
-            if num_classes != 2:
-                raise VTSSError(
-                    "a numeric class_weight is for binary tasks; use 'balanced' for multi-class"
-                )
-            # the minority is whichever class has fewer real training rows (labels are
-            # sorted, so it can be index 0); without counts, class index 1
-            minority = 1 if counts is None else int(counts[1] <= counts[0])
-            weights[minority] = float(cw)
-        return weights
 
     def configure_model(self) -> None:
         if self.net is not None:
@@ -194,32 +163,12 @@ class TabularClassifier(pl.LightningModule):
             return (scores[:, 1] - y.to(scores.dtype)).pow(2)
         return (scores - F.one_hot(y, self.num_classes).to(scores.dtype)).pow(2).sum(1)
 
-    def loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Training loss: the (class-weighted) mean of :meth:`per_sample_loss`."""
-        per_row = self.per_sample_loss(scores, y)
-        if self.hparams.class_weight is None:
-            return per_row.mean()
-        w = self.class_weights[y]
-        return (w * per_row).sum() / w.sum()
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = self.loss(self(x), y)
-        if self.full_batch and self.hparams.weight_decay > 0:
-            weights = [m.weight for m in self.net.modules() if isinstance(m, nn.Linear)]
-            loss = loss + 0.5 * self.hparams.weight_decay * sum(w.pow(2).sum() for w in weights)
-        if self.trainer.loggers or self.trainer.progress_bar_callback is not None:
-            # Skipped in VTSS's inner fits (no logger, no bar): logging dominates tiny steps.
-            self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        scores = self(x)
-        self.val_balanced_loss.update(self.per_sample_loss(scores, y), y)
-        self.val_balanced_accuracy.update(scores.argmax(1), y)
-        self.log("val_balanced_loss", self.val_balanced_loss, prog_bar=True)
-        self.log("val_balanced_accuracy", self.val_balanced_accuracy)
+    def penalty(self) -> torch.Tensor | float:
+        """L-BFGS fits add the L2 penalty to the loss (AdamW applies it as decay)."""
+        if not (self.full_batch and self.hparams.weight_decay > 0):
+            return 0.0
+        weights = [m.weight for m in self.net.modules() if isinstance(m, nn.Linear)]
+        return 0.5 * self.hparams.weight_decay * sum(w.pow(2).sum() for w in weights)
 
     def configure_optimizers(self):
         hp = self.hparams
