@@ -233,3 +233,17 @@ def test_missing_target_column_is_one_clean_error_line(runs):
     assert rc != 0
     line = single_error_line(err)
     assert "'outcome'" in line and "not found" in line
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_shipped_config_parses_and_resolves_its_classes(config, monkeypatch, capsys):
+    """Each YAML in configs/ names importable classes and valid arguments."""
+    from vtss_lightning.cli import main
+
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", f"configs/{config}", "--print_config"])
+    assert exc.value.code == 0
+    printed = capsys.readouterr().out
+    assert "class_path: vtss_lightning.generators." in printed
+    assert "vtss:" in printed
