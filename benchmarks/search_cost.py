@@ -119,22 +119,31 @@ def run_seed(kind: str, seed: int, device: str, eta: float) -> dict:
 
 
 # ------------------------------------------------------------ hot path
-def step_times(device: str, epochs: int = 5, repeats: int = 3) -> dict[str, float]:
-    """Seconds per optimizer step: raw loop vs Lightning, same MLP and batches."""
-    from vtss_lightning.models import TabularClassifier
+STEP_WORKLOADS = {
+    "tabular": "tabular MLP 64-64, AdamW, batch 256",
+    "digits": "digits CNN width 16 depth 2, Adam, batch 64",
+}
 
-    dm, _, _, _ = workload("tabular", 0, device)
+
+def step_times(device: str, kind: str, epochs: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per optimizer step, per repeat: raw loop vs Lightning, same model and batches.
+
+    The loops run interleaved (raw, then each Lightning variant, ``repeats`` times) so
+    that drifting load hits them alike; the report uses per-repeat ratios to raw.
+    """
+    dm, template, _, _ = workload(kind, 0, device)
     x, y = dm.training_tensors(dm.sizes_for_ratio(1.0))
-    torch.manual_seed(0)
-    base = TabularClassifier(
-        hidden_dims=[64, 64], optimizer="adamw", n_features=x.shape[1], num_classes=2
-    ).to(x.device)
+    base = template.to(x.device)
     accel = "gpu" if device == "cuda" else "cpu"
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     def raw() -> float:
         m = copy.deepcopy(base)
         opt = m.configure_optimizers()
-        loader = TensorBatches(x, y, 256, shuffle=True, seed=0)
+        loader = TensorBatches(x, y, dm.batch_size, shuffle=True, seed=0)
         steps, t0 = 0, time.perf_counter()
         for _ in range(epochs):
             for xb, yb in loader:
@@ -143,19 +152,19 @@ def step_times(device: str, epochs: int = 5, repeats: int = 3) -> dict[str, floa
                 loss.backward()
                 opt.step()
                 steps += 1
-        if device == "cuda":
-            torch.cuda.synchronize()
+        sync()
         return (time.perf_counter() - t0) / steps
 
     def lightning(**kw) -> float:
         m = copy.deepcopy(base)
-        loader = TensorBatches(x, y, 256, shuffle=True, seed=0)
+        loader = TensorBatches(x, y, dm.batch_size, shuffle=True, seed=0)
 
         class Clock(pl.Callback):
             def on_train_start(self, *a):
                 self.t0 = time.perf_counter()
 
             def on_train_end(self, *a):
+                sync()
                 self.seconds = time.perf_counter() - self.t0
 
         clock = Clock()
@@ -167,35 +176,37 @@ def step_times(device: str, epochs: int = 5, repeats: int = 3) -> dict[str, floa
         return clock.seconds / trainer.global_step
 
     root = tempfile.mkdtemp(prefix="vtss_steps_")
+    inner = "Lightning, no logger/bar (VTSS inner fits)"
     variants = {
         "raw PyTorch loop": raw,
-        "Lightning, no logger/bar (VTSS inner fits)": lambda: lightning(
+        inner: lambda: lightning(
             logger=False, enable_checkpointing=False, enable_progress_bar=False
         ),
-        "Lightning, CSV logger, no bar": lambda: lightning(
-            logger=pl.loggers.CSVLogger(root),
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-        ),  # fmt: skip
-        "Lightning defaults (logger, checkpoint, progress bar)": lambda: lightning(
-            default_root_dir=root
-        ),
     }
+    if kind == "tabular":
+        variants["Lightning, CSV logger, no bar"] = lambda: lightning(
+            logger=pl.loggers.CSVLogger(root), enable_checkpointing=False, enable_progress_bar=False
+        )
+        variants["Lightning defaults (logger, checkpoint, progress bar)"] = lambda: lightning(
+            default_root_dir=root
+        )
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
             times[name].append(fn())
     nvml = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
-    if device == "cpu" and nvml == "0":  # what the NVML flag costs (vtss_lightning._runtime)
+    if kind == "tabular" and device == "cpu" and nvml == "0":  # what vtss_lightning._runtime saves
         os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
         try:
             name = "Lightning, no logger/bar, with Lightning's NVML CUDA check"
-            times[name] = [
-                variants["Lightning, no logger/bar (VTSS inner fits)"]() for _ in range(2)
-            ]
+            times[name] = [math.nan] * repeats  # paired by position with the raw timings
+            for _ in range(repeats):
+                times["raw PyTorch loop"].append(raw())
+                times[name].append(variants[inner]())
         finally:
             os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = nvml
-    return {k: float(np.median(v)) for k, v in times.items()}
+    n = len(times["raw PyTorch loop"])
+    return {k: v + [math.nan] * (n - len(v)) for k, v in times.items()}
 
 
 # ------------------------------------------------------------------ report
@@ -248,16 +259,24 @@ def section(kind: str, seeds: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def steps_section(steps: dict[str, float]) -> str:
-    raw = steps["raw PyTorch loop"]
+def steps_section(kind: str, times: dict[str, list[float]], epochs: int) -> str:
+    raw = np.asarray(times["raw PyTorch loop"])
     lines = [
-        "### Lightning loop vs raw PyTorch loop (tabular MLP, batch 256, full-balance set, 5 epochs)",
+        f"### Lightning loop vs raw PyTorch loop ({STEP_WORKLOADS[kind]}, full-balance set, "
+        f"{epochs} epochs per timing, {len(times['raw PyTorch loop'])} raw timings)",
         "",
-        "| loop | ms / step (median of repeats) | vs raw |",
-        "|---|---|---|",
+        "| loop | ms / step: median | vs raw: median of paired ratios [IQR] | fastest / fastest raw |",
+        "|---|---|---|---|",
     ]
-    for name, sec in steps.items():
-        lines.append(f"| {name} | {sec * 1e3:.3f} | {sec / raw:.2f}x |")
+    for name, values in times.items():
+        v = np.asarray(values)
+        ok = ~np.isnan(v)
+        paired = v[ok] / raw[ok]
+        q1, q3 = np.percentile(paired, [25, 75])
+        lines.append(
+            f"| {name} | {np.median(v[ok]) * 1e3:.3f} | {np.median(paired):.2f}x "
+            f"[{q1:.2f}, {q3:.2f}] | {v[ok].min() / raw.min():.2f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -269,14 +288,23 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--eta", type=float, default=3.0)
     parser.add_argument("--workloads", default="tabular,digits")
+    parser.add_argument("--step-epochs", type=int, default=4, help="epochs per step timing")
+    parser.add_argument("--step-repeats", type=int, default=9, help="interleaved step timings")
+    parser.add_argument("--steps-only", action="store_true", help="only the loop comparison")
     parser.add_argument("--out", type=Path, default=RESULTS / "search_cost.md")
     args = parser.parse_args()
     quiet()
     single_thread(args.threads)
     load_before = os.getloadavg()
     start = time.perf_counter()
-    steps = step_times(args.device)
+    steps = {
+        kind: step_times(args.device, kind, args.step_epochs, args.step_repeats)
+        for kind in args.workloads.split(",")
+    }
     done: dict[str, list[dict]] = {}
+    if args.steps_only:
+        write_report(args, steps, done, load_before, start)
+        return
     for kind in args.workloads.split(","):
         done[kind] = []
         for s in range(args.seed, args.seed + args.seeds):
@@ -322,7 +350,7 @@ def write_report(args, steps, done, load_before, start) -> None:
             "",
             gpu_note,
             "",
-            steps_section(steps),
+            *(steps_section(kind, t, args.step_epochs) for kind, t in steps.items()),
             *parts,
         ]
     )
