@@ -192,6 +192,71 @@ def test_chunking_under_a_tiny_memory_budget_gives_the_same_results():
     assert b == pytest.approx(a, abs=1e-5)
 
 
+def _oom_above(monkeypatch, members: int) -> None:
+    """Make every stacked step of more than ``members`` members run out of memory."""
+    step = Stack.step
+
+    def limited(self, groups):
+        if self.size > members:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return step(self, groups)
+
+    monkeypatch.setattr(Stack, "step", limited)
+
+
+@pytest.mark.parametrize("halving", [False, True])
+def test_a_stack_out_of_memory_is_split_and_gives_the_same_results(monkeypatch, halving):
+    dm = make_dm()
+    model = mlp(dm)
+    jobs = jobs_for(dm, (0, 0.5, 1, 1.5, 2))
+
+    def scorer():
+        if halving:
+            return HalvingScorer(model, SETTINGS, eta=2, parallel=True, keep_states=True)
+        return ParallelScorer(model, SETTINGS, keep_states=True)
+
+    whole = scorer()
+    a = {i: loss for i, loss, _ in score_jobs(whole, dm, jobs)}
+    _oom_above(monkeypatch, 2)
+    split = scorer()
+    with pytest.warns(
+        RuntimeWarning, match="out of memory with 5 members per stack; retrying with 2"
+    ):
+        b = {i: loss for i, loss, _ in score_jobs(split, dm, jobs)}
+    assert split._oom_cap == 2 and whole._oom_cap is None
+    assert b == pytest.approx(a, abs=1e-5, nan_ok=True)  # restarted members replay exactly
+    for key, state in whole._states.items():
+        for name, tensor in state.items():
+            torch.testing.assert_close(split._states[key][name], tensor, atol=1e-5, rtol=0)
+
+
+def test_a_member_out_of_memory_alone_is_failed_not_fatal(monkeypatch):
+    dm = make_dm()
+    jobs = jobs_for(dm, (0, 1))
+    scorer = ParallelScorer(mlp(dm), SETTINGS)
+    assert scorer.prepare(dm)  # the two-member dry run stacks
+    _oom_above(monkeypatch, 0)
+    notes: dict[int, str] = {}
+    with pytest.warns(RuntimeWarning, match="out of memory"):
+        out = list(score_jobs(scorer, dm, jobs, notes))
+    assert [i for i, _, _ in out] == [0, 1] and all(math.isnan(loss) for _, loss, _ in out)
+    assert all(notes[i].startswith("failed: out of memory in the stacked loop") for i in (0, 1))
+
+
+def test_other_errors_in_a_stack_are_not_swallowed(monkeypatch):
+    dm = make_dm()
+    jobs = jobs_for(dm, (0, 1))
+
+    def broken(self, groups):
+        raise RuntimeError("shape mismatch")
+
+    scorer = ParallelScorer(mlp(dm), SETTINGS)
+    assert scorer.prepare(dm)  # patched after the dry run, which would fall back instead
+    monkeypatch.setattr(Stack, "step", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        list(score_jobs(scorer, dm, jobs))
+
+
 def test_best_snapshot_is_never_worse_than_the_last_epoch():
     dm = make_dm()
     model = mlp(dm)

@@ -78,7 +78,6 @@ class HalvingScorer(ParallelScorer):
         if eta <= 1:
             raise VTSSError(f"halving_eta must be > 1, got {eta}")
         self.eta, self.parallel = float(eta), parallel
-        self.statuses: dict[int, str] = {}
 
     def score_many(self, dm, jobs: list[tuple[int, dict[int, int]]]) -> Iterator:
         if self.parallel and self.prepare(dm):
@@ -103,11 +102,11 @@ class HalvingScorer(ParallelScorer):
         for chunk in self.chunks([members[j] for j in alive]):
             self.train(dm, chunk, {m.index: m.budget for m in chunk})
             for m in chunk:
-                self.finish(m)
-                yield m.index, m.loss(), m.seconds
+                yield self.result(m)
 
     def _prune(self, m: Member, rung: int, rungs: int, steps: int, loss: float):
-        self.statuses[m.index] = pruned_status(rung, rungs, steps, m.budget, loss)
+        status = m.failed or pruned_status(rung, rungs, steps, m.budget, loss)
+        self.statuses[m.index] = status
         keep, self.keep_states = self.keep_states, False
         self.finish(m)
         self.keep_states = keep

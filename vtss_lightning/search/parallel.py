@@ -12,19 +12,23 @@ real validation rows after each of its epochs and keeps its best epoch (early
 stopping per candidate, which selects differently from retrain). Differences from
 ``retrain`` either way: Dropout draws different masks per member, and Lightning hooks
 of the module other than ``forward``/``loss``/``configure_optimizers`` are not run.
-What cannot be stacked falls back to ``retrain`` with a one-line reason.
+What cannot be stacked falls back to ``retrain`` with a one-line reason. A stack that
+runs out of device memory is split in two and retried from where it started; a member
+that does not fit even alone is scored NaN with the reason in its status.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from pytorch_lightning.utilities.seed import isolate_rng
 
+from vtss_lightning.search.guard import free_device_memory, is_out_of_memory
 from vtss_lightning.search.stack import (
     MemberState,
     OptimizerSpec,
@@ -57,6 +61,7 @@ class Member:
     best: dict[str, torch.Tensor] = field(default_factory=dict)
     evaluated_at: int = -1
     seconds: float = 0.0
+    failed: str | None = None
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pos == 0:
@@ -75,7 +80,22 @@ class Member:
             return True
         return False
 
+    def snapshot(self) -> tuple:
+        """Everything a stacked run changes, to restart from here after running out of memory."""
+        return (
+            self.state, self.steps, self.pos, self.epoch_x, self.epoch_y, self.best_loss,
+            self.best, self.evaluated_at, self.loader._passes,
+        )  # fmt: skip
+
+    def restore(self, snap: tuple) -> None:
+        (
+            self.state, self.steps, self.pos, self.epoch_x, self.epoch_y, self.best_loss,
+            self.best, self.evaluated_at, self.loader._passes,
+        ) = snap  # fmt: skip
+
     def loss(self) -> float:
+        if self.failed is not None:
+            return math.nan
         value = math.inf if self.best_loss is None else float(self.best_loss)
         return value if math.isfinite(value) else math.nan
 
@@ -131,6 +151,8 @@ class ParallelScorer(RetrainScorer):
         self.verbose = verbose
         self.fallback_reason: str | None = None
         self.chunk_size: int | None = None
+        self.statuses: dict[int, str] = {}  # why a member scored NaN (read by score_jobs)
+        self._oom_cap: int | None = None  # members per stack after running out of memory
         self._base = None
         self._spec: OptimizerSpec | None = None
 
@@ -144,8 +166,14 @@ class ParallelScorer(RetrainScorer):
         for chunk in self.chunks(members):
             self.train(dm, chunk, {m.index: m.budget for m in chunk})
             for m in chunk:
-                self.finish(m)
-                yield m.index, m.loss(), m.seconds
+                yield self.result(m)
+
+    def result(self, m: Member) -> tuple[int, float, float]:
+        """``(index, loss, seconds)`` of a member whose training ended; drops its state."""
+        if m.failed is not None:
+            self.statuses[m.index] = m.failed
+        self.finish(m)
+        return m.index, m.loss(), m.seconds
 
     def score(self, dm, sizes: Mapping[int, int]) -> float:
         return next(iter(self.score_many(dm, [(0, dict(sizes))])))[1]
@@ -240,6 +268,8 @@ class ParallelScorer(RetrainScorer):
     def chunks(self, members: list[Member]) -> list[list[Member]]:
         """Members per stack so that one stack fits ``memory_budget_mb``."""
         size = self._members_per_stack(members)
+        if self._oom_cap is not None:  # a larger stack already ran out of memory
+            size = min(size, self._oom_cap)
         self.chunk_size = size
         return [members[i : i + size] for i in range(0, len(members), size)]
 
@@ -259,7 +289,44 @@ class ParallelScorer(RetrainScorer):
 
     # ------------------------------------------------------------ training
     def train(self, dm, members: list[Member], targets: dict[int, int]) -> None:
-        """Train ``members`` (equal step counts) until each reaches its target step."""
+        """Train ``members`` (equal step counts) until each reaches its target step.
+
+        Out of device memory, the members go back to where they started and train
+        again as two smaller stacks (and so on down to one); a member that runs out of
+        memory alone is marked failed and trains no further.
+        """
+        members = [m for m in members if m.failed is None]
+        cap = self._oom_cap
+        if cap is not None and len(members) > cap:
+            for i in range(0, len(members), cap):
+                self.train(dm, members[i : i + cap], targets)
+            return
+        snaps = [m.snapshot() for m in members]
+        try:
+            self._train(dm, members, targets)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled
+            if not is_out_of_memory(exc):
+                raise
+            free_device_memory()
+            for m, snap in zip(members, snaps, strict=True):
+                m.restore(snap)
+            if len(members) == 1:
+                members[0].failed = (
+                    "failed: out of memory in the stacked loop even alone "
+                    f"(batch size {members[0].loader.batch_size}); strategy='retrain' retries "
+                    "with smaller batches"
+                )
+                return
+            self._oom_cap = self.chunk_size = len(members) // 2
+            warnings.warn(
+                f"VTSS parallel: out of memory with {len(members)} members per stack; "
+                f"retrying with {self._oom_cap}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self.train(dm, members, targets)
+
+    def _train(self, dm, members: list[Member], targets: dict[int, int]) -> None:
         split = dm.active
         device = self.settings.device()
         x_val, y_val = split.x_val.to(device), split.y_val.to(device)
