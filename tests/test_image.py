@@ -250,6 +250,32 @@ def test_parallel_strategy_falls_back_to_retrain_when_images_are_augmented():
     assert "transforms" in scorer._blocker(dm)
 
 
+def test_parallel_image_classifier_with_batch_norm_replays_retrain():
+    """Stacked convolutions with batch norm (batch statistics per member, running
+    statistics per member for the evaluation) score what one-at-a-time fits score."""
+    from vtss_lightning.search.engine import score_jobs
+    from vtss_lightning.search.parallel import ParallelScorer
+    from vtss_lightning.search.strategies import RetrainScorer, TrainerSettings
+
+    x, y = _images(60, 15, h=8, w=8)
+    dm = ImageDataModule(x=x, y=y, batch_size=16, seed=0)
+    dm.setup()
+    torch.manual_seed(0)
+    model = ImageClassifier(width=4, depth=2, dropout=0.0)
+    model.configure_from_data(dm)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    gap = dm.class_gaps()[1]
+    dm.prepare_pool({1: gap})
+    jobs = [(0, {1: 0}), (1, {1: gap})]
+    settings = TrainerSettings.from_kwargs({"max_epochs": 2, "accelerator": "cpu"})
+    retrain = [loss for _, loss, _ in score_jobs(RetrainScorer(model, settings, 0), dm, jobs)]
+    scorer = ParallelScorer(model, settings, 0)
+    parallel = [loss for _, loss, _ in score_jobs(scorer, dm, jobs)]
+    assert scorer.fallback_reason is None
+    assert parallel == pytest.approx(retrain, abs=1e-3)
+    assert retrain[0] != pytest.approx(retrain[1], abs=1e-3)  # the candidates differ
+
+
 @pytest.mark.parametrize("name", ["image_digits_vae", "image_digits_diffusion"])
 def test_digits_configs_run_through_the_cli(tmp_path, name):
     """The shipped configs, with a cheap generator and budget: the newcomer's path."""
