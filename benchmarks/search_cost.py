@@ -89,10 +89,12 @@ def timed_fit(model, settings, dm, ratio: float, seed: int) -> float:
     return time.perf_counter() - t0
 
 
-def run_seed(kind: str, seed: int, device: str, eta: float) -> dict:
+def run_seed(
+    kind: str, seed: int, device: str, eta: float, strategies: tuple[str, ...] = STRATEGIES
+) -> dict:
     dm, model, settings, _ = workload(kind, seed, device)
     out = {"one_fit": [], "runs": {}}
-    order = list(STRATEGIES[seed % len(STRATEGIES) :] + STRATEGIES[: seed % len(STRATEGIES)])
+    order = list(strategies[seed % len(strategies) :] + strategies[: seed % len(strategies)])
     for strategy in order:
         out["one_fit"].append(timed_fit(model, settings, dm, 1.0, seed))  # interleaved
         name, snapshot = (
@@ -231,7 +233,8 @@ def section(kind: str, seeds: list[dict]) -> str:
         "(median) | same ratio as retrain | within one grid step |",
         "|---|---|---|---|---|---|",
     ]
-    for strategy in STRATEGIES:
+    ran = [k for k in STRATEGIES if k in seeds[0]["runs"]]
+    for strategy in ran:
         runs = [s["runs"][strategy] for s in seeds]
         ratios = [
             (r["search"] + r["final"]) / s["one_fit"] for r, s in zip(runs, seeds, strict=True)
@@ -249,12 +252,10 @@ def section(kind: str, seeds: list[dict]) -> str:
             f"{np.median([r['search'] for r in runs]):.1f} | "
             f"{np.median([r['final'] for r in runs]):.1f} | {exact}/{n} | {near}/{n} |"
         )
-    fallbacks = {s["runs"][k]["fallback"] for s in seeds for k in STRATEGIES} - {None}
+    fallbacks = {s["runs"][k]["fallback"] for s in seeds for k in ran} - {None}
     if fallbacks:
         lines += ["", f"Fallbacks: {sorted(fallbacks)}"]
-    picks = ", ".join(
-        f"{k}: " + " ".join(f"{s['runs'][k]['ratio']:g}" for s in seeds) for k in STRATEGIES
-    )
+    picks = ", ".join(f"{k}: " + " ".join(f"{s['runs'][k]['ratio']:g}" for s in seeds) for k in ran)
     lines += ["", f"Selected ratios per seed — {picks}.", ""]
     return "\n".join(lines)
 
@@ -290,9 +291,13 @@ def main() -> None:
     parser.add_argument("--workloads", default="tabular,digits")
     parser.add_argument("--step-epochs", type=int, default=4, help="epochs per step timing")
     parser.add_argument("--step-repeats", type=int, default=9, help="interleaved step timings")
+    parser.add_argument(
+        "--strategies", default=",".join(STRATEGIES), help="comma list; retrain is always run"
+    )
     parser.add_argument("--steps-only", action="store_true", help="only the loop comparison")
     parser.add_argument("--out", type=Path, default=RESULTS / "search_cost.md")
     args = parser.parse_args()
+    strategies = tuple(k for k in STRATEGIES if k in {"retrain", *args.strategies.split(",")})
     quiet()
     single_thread(args.threads)
     load_before = os.getloadavg()
@@ -308,7 +313,7 @@ def main() -> None:
     for kind in args.workloads.split(","):
         done[kind] = []
         for s in range(args.seed, args.seed + args.seeds):
-            done[kind].append(run_seed(kind, s, args.device, args.eta))
+            done[kind].append(run_seed(kind, s, args.device, args.eta, strategies))
             r = done[kind][-1]["runs"]
             print(kind, s, {k: round((v["search"] + v["final"]) / done[kind][-1]["one_fit"], 2)
                             for k, v in r.items()}, {k: v["ratio"] for k, v in r.items()}, flush=True)  # fmt: skip
@@ -319,6 +324,16 @@ def write_report(args, steps, done, load_before, start) -> None:
     parts = [section(kind, seeds) for kind, seeds in done.items() if seeds]
     load_after = os.getloadavg()
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]])
+    busy = load_before[0] > 1.0 or load_after[0] > torch.get_num_threads() + 1.0
+    load_note = (
+        "**Load caveat:** the machine was shared with other jobs while this ran (see the "
+        "load averages above); absolute seconds are inflated and noisy, the ratios less so "
+        "(strategy and reference fit interleaved per seed). Rerun on a quiet machine."
+        if busy
+        else "The machine ran nothing else (load averages above: this benchmark's own). "
+        "Timings on this VM still vary by 10-30% between repeats, hence medians, ranges and "
+        "interleaving (each strategy is timed right after its own reference fit)."
+    )
     gpu_note = (
         "GPU: not available on this machine; run `benchmarks/gpu_search_cost.sh` on a CUDA "
         "machine (writes `benchmarks/results/search_cost_gpu.md`; target <= 1.5x one fit)."
@@ -343,10 +358,7 @@ def write_report(args, steps, done, load_before, start) -> None:
             "its losses equal retrain's only without dropout; `snapshot=best` scores each "
             "candidate at its best epoch by validation loss instead of its last.",
             "",
-            "**Load caveat:** the machine was shared with other jobs while this ran (see the "
-            "load averages above); absolute seconds are inflated and noisy, the ratios less so "
-            "(strategy and reference fit interleaved per seed). Rerun the command on a quiet "
-            "machine for clean figures.",
+            load_note,
             "",
             gpu_note,
             "",
