@@ -389,7 +389,9 @@ def test_squared_loss_pilot_recovers_the_papers_rho():
     rng = np.random.default_rng(0)
     x = np.vstack([rng.normal(size=(20 * n1, 2)), rng.normal(size=(n1, 2)) + [1.0, 0.0]])
     y = np.r_[np.zeros(20 * n1, int), np.ones(n1, int)]
-    dm = TabularDataModule.from_arrays(x.astype(np.float32), y, scale=False, generator=_ShiftedGaussian(c))
+    dm = TabularDataModule.from_arrays(
+        x.astype(np.float32), y, scale=False, generator=_ShiftedGaussian(c)
+    )
     dm.setup()
     pilot = TabularClassifier(loss="mse", fit_intercept=False)
     pilot.configure_from_data(dm)

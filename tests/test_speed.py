@@ -82,6 +82,22 @@ class NotPure(UserModel):
         return self.layer(x)
 
 
+class TiedModel(UserModel):
+    """Two layers sharing one weight matrix, plus a metric the forward never uses."""
+
+    def __init__(self, n_features: int, num_classes: int):
+        super().__init__(n_features, num_classes)
+        from vtss_lightning.metrics import BalancedMeanLoss
+
+        self.first = nn.Linear(n_features, n_features)
+        self.second = nn.Linear(n_features, n_features)
+        self.second.weight = self.first.weight
+        self.val_loss = BalancedMeanLoss(num_classes)
+
+    def forward(self, x):
+        return self.layer(torch.tanh(self.second(torch.tanh(self.first(x)))))
+
+
 # ------------------------------------------------------------------ parallel
 def test_parallel_replays_retrain_per_candidate_without_dropout():
     dm = make_dm()
@@ -97,6 +113,24 @@ def test_parallel_replays_retrain_per_candidate_without_dropout():
         assert got[i] == pytest.approx(expected[i], abs=1e-5)
         a, b = retrain.trained_state(sizes), parallel.trained_state(sizes)
         assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_tied_weights_stay_tied_in_the_stack_and_the_winner_loads_strictly():
+    dm = make_dm()
+    torch.manual_seed(0)
+    model = TiedModel(dm.n_features, dm.num_classes)
+    jobs = jobs_for(dm, (0, 2))
+    retrain = RetrainScorer(model, SETTINGS, keep_states=True)
+    expected = [loss for _, loss, _ in score_jobs(retrain, dm, jobs)]
+    parallel = ParallelScorer(model, SETTINGS, keep_states=True)
+    got = [loss for _, loss, _ in score_jobs(parallel, dm, jobs)]
+    assert parallel.fallback_reason is None
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert not any(isinstance(m, type(model.val_loss)) for m in parallel._base.modules())
+    fresh = TiedModel(dm.n_features, dm.num_classes)
+    fresh.load_state_dict(parallel.trained_state(jobs[1][1]), strict=True)
+    assert fresh.second.weight is fresh.first.weight
+    assert isinstance(model.val_loss, nn.Module)  # the user's module keeps its metric
 
 
 def test_parallel_members_draw_from_their_own_training_sets():

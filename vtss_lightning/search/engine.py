@@ -98,7 +98,9 @@ class SearchEngine:
                     seconds[i] += secs
                     store.put(s, i, loss, secs)
                     if self.verbose and split is None:
-                        self._progress(dm, i, len(candidates), candidates[i], holdout_gaps, loss, secs)
+                        self._progress(
+                            dm, i, len(candidates), candidates[i], holdout_gaps, loss, secs
+                        )
                 if self.verbose and split is not None:
                     best = min(range(len(candidates)), key=lambda i: _nan_last(losses[i][s]))
                     self._say(f"VTSS {split[0]}: best ratio here {_ratio_text(candidates[best])}")

@@ -37,6 +37,7 @@ from vtss_lightning.search.stack import (
     initial_state,
     optimizer_spec,
     training_loss,
+    without_metrics,
 )
 from vtss_lightning.search.stack import _first_line as first_line
 from vtss_lightning.search.strategies import RetrainScorer, clone_module, seed_all, state_key
@@ -154,6 +155,7 @@ class ParallelScorer(RetrainScorer):
         self.statuses: dict[int, str] = {}  # why a member scored NaN (read by score_jobs)
         self._oom_cap: int | None = None  # members per stack after running out of memory
         self._base = None
+        self._full_state: dict[str, torch.Tensor] = {}
         self._spec: OptimizerSpec | None = None
 
     # ------------------------------------------------------------ scoring
@@ -234,6 +236,8 @@ class ParallelScorer(RetrainScorer):
         if isinstance(spec, str):
             return spec
         base.to(device)
+        self._full_state = {k: v.detach().cpu() for k, v in base.state_dict().items()}
+        base = without_metrics(base)
         try:  # a two-member dry run: forward, backward, evaluation
             split = dm.active
             x, y = split.x_train[:2].to(device), split.y_train[:2].to(device)
@@ -393,5 +397,5 @@ class ParallelScorer(RetrainScorer):
         m.epoch_x = m.epoch_y = None
 
     def _state_dict(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        full = self._base.state_dict()
+        full = self._full_state  # the module's keys, metrics' persistent states included
         return {k: weights.get(k, v).detach().cpu().clone() for k, v in full.items()}
