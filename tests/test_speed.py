@@ -16,7 +16,12 @@ from vtss_lightning.search import SearchEngine
 from vtss_lightning.search.engine import score_jobs
 from vtss_lightning.search.halving import HalvingScorer, rung_steps, survivors
 from vtss_lightning.search.parallel import ParallelScorer
-from vtss_lightning.search.stack import Stack, initial_state, optimizer_spec
+from vtss_lightning.search.stack import (
+    Stack,
+    forward_stacked_agrees,
+    initial_state,
+    optimizer_spec,
+)
 from vtss_lightning.search.strategies import RetrainScorer, TrainerSettings, make_scorer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -131,6 +136,52 @@ def test_tied_weights_stay_tied_in_the_stack_and_the_winner_loads_strictly():
     fresh.load_state_dict(parallel.trained_state(jobs[1][1]), strict=True)
     assert fresh.second.weight is fresh.first.weight
     assert isinstance(model.val_loss, nn.Module)  # the user's module keeps its metric
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"hidden_dims": []},
+        {"hidden_dims": [8, 4], "dropout": 0.2},
+        {"hidden_dims": [6], "loss": "mse", "fit_intercept": False},
+        {"hidden_dims": [5], "random_features": 7},
+        {"hidden_dims": [5], "num_classes": 3},
+    ],
+)
+def test_batched_layers_compute_what_vmap_computes(kw):
+    from vtss_lightning.models import TabularClassifier
+
+    torch.manual_seed(0)
+    kw = {"n_features": 4, "num_classes": 2, "optimizer": "adamw", **kw}
+    model = TabularClassifier(**kw)
+    state = initial_state(model, torch.device("cpu"))
+    x = torch.randn(10, 4)
+    assert forward_stacked_agrees(model, state, x)
+    # and one stacked step through the batched layers equals one through vmap
+    spec = optimizer_spec(model)
+    xs, ys = torch.randn(3, 16, 4), torch.randint(0, kw["num_classes"], (3, 16))
+    model.eval()  # no dropout: both paths must then agree exactly
+    stacks = [Stack(model, [state] * 3, spec, batched) for batched in (False, True)]
+    for stack in stacks:
+        stack.module.train = lambda mode=True: stack.module  # keep eval for this comparison
+        stack.step([(None, xs, ys), ([0, 2], xs[:2, :5], ys[:2, :5])])
+        del stack.module.train
+    for name, p in stacks[0].params.items():
+        torch.testing.assert_close(stacks[1].params[name], p, atol=1e-6, rtol=1e-5)
+
+
+def test_a_subclass_with_its_own_forward_is_not_batched_by_the_parents_layers():
+    from vtss_lightning.models import TabularClassifier
+
+    class Shifted(TabularClassifier):
+        def forward(self, x):
+            return super().forward(x) + 1.0
+
+    torch.manual_seed(0)
+    model = Shifted(hidden_dims=[4], optimizer="adamw", n_features=3, num_classes=2)
+    assert not forward_stacked_agrees(
+        model, initial_state(model, torch.device("cpu")), torch.randn(5, 3)
+    )
 
 
 def test_parallel_members_draw_from_their_own_training_sets():

@@ -34,6 +34,7 @@ from vtss_lightning.search.stack import (
     OptimizerSpec,
     Stack,
     activation_bytes,
+    forward_stacked_agrees,
     initial_state,
     optimizer_spec,
     training_loss,
@@ -156,6 +157,7 @@ class ParallelScorer(RetrainScorer):
         self._oom_cap: int | None = None  # members per stack after running out of memory
         self._base = None
         self._full_state: dict[str, torch.Tensor] = {}
+        self._batched = False  # the module's forward_stacked is used (checked in the dry run)
         self._spec: OptimizerSpec | None = None
 
     # ------------------------------------------------------------ scoring
@@ -242,13 +244,14 @@ class ParallelScorer(RetrainScorer):
             split = dm.active
             x, y = split.x_train[:2].to(device), split.y_train[:2].to(device)
             state = initial_state(base, device)
-            stack = Stack(base, [state, state], spec)
+            batched = forward_stacked_agrees(base, state, x)
+            stack = Stack(base, [state, state], spec, batched)
             xs, ys = x.expand(2, *x.shape), y.expand(2, *y.shape)
             stack.step([(None, xs, ys)])
             stack.balanced_losses(None, x, y, dm.num_classes)
         except Exception as err:  # noqa: BLE001 - anything vmap cannot do
             return f"cannot vmap {type(base).__name__}: {first_line(err)}"
-        self._base, self._spec = base, spec
+        self._base, self._spec, self._batched = base, spec, batched
         return None
 
     def members(self, dm, jobs) -> list[Member]:
@@ -339,7 +342,7 @@ class ParallelScorer(RetrainScorer):
         with isolate_rng():
             seed_all(self.seed + members[0].steps)
             while active:
-                stack = Stack(self._base, [m.state for m in active], self._spec)
+                stack = Stack(self._base, [m.state for m in active], self._spec, self._batched)
                 done = self._run(stack, active, targets, x_val, y_val, dm.num_classes)
                 for m, state in zip(active, stack.unstack(), strict=True):
                     m.state = state

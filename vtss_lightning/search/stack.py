@@ -125,7 +125,13 @@ def initial_state(module: nn.Module, device: torch.device) -> MemberState:
 class Stack:
     """Members stacked along a new leading dimension, with the optimizer over them."""
 
-    def __init__(self, module: nn.Module, states: list[MemberState], spec: OptimizerSpec):
+    def __init__(
+        self,
+        module: nn.Module,
+        states: list[MemberState],
+        spec: OptimizerSpec,
+        batched: bool = False,
+    ):
         self.module = module
         grads = {n: p.requires_grad for n, p in module.named_parameters()}
         self.params = {
@@ -152,6 +158,10 @@ class Stack:
             return rows(functional_call(module, (p, b), (x,), tie_weights=tied), y)
 
         self._train = vmap(member_loss, in_dims=(0, 0, 0, 0), randomness="different")
+        # Batched layers where the module offers them and they were checked
+        # (forward_stacked_agrees), vmap otherwise.
+        self._forward_stacked = getattr(module, "forward_stacked", None) if batched else None
+        self._loss = vmap(loss, in_dims=(0, 0))
         self._rows = vmap(member_rows, in_dims=(0, 0, None, None), randomness="different")
 
     def subset(self, idx: list[int] | None):
@@ -168,7 +178,10 @@ class Stack:
         total = None
         for idx, x, y in groups:
             p, b = self.subset(idx)
-            loss = self._train(p, b, x, y).sum()
+            if self._forward_stacked is not None:
+                loss = self._loss(self._forward_stacked(p, b, x), y).sum()
+            else:
+                loss = self._train(p, b, x, y).sum()
             total = loss if total is None else total + loss
             if idx is not None and self.buffers:  # running statistics updated on copies
                 t = torch.as_tensor(idx, device=x.device)
@@ -225,6 +238,37 @@ class Stack:
             **{n: p[j].detach() for n, p in self.params.items()},
             **{n: b[j] for n, b in self.buffers.items()},
         }
+
+
+def forward_stacked_agrees(module: nn.Module, state: MemberState, x: torch.Tensor) -> bool:
+    """Whether ``module.forward_stacked`` computes what ``vmap(functional_call)`` does.
+
+    Checked on two members with different weights in eval mode, so that a subclass
+    that changes ``forward`` but inherits ``forward_stacked`` falls back to vmap.
+    """
+    fn = getattr(module, "forward_stacked", None)
+    if not callable(fn):
+        return False
+    gen = torch.Generator().manual_seed(0)
+    params = {
+        n: torch.stack([t, t + 0.1 * torch.randn(t.shape, generator=gen).to(t)])
+        for n, t in state.params.items()
+    }
+    buffers = {n: torch.stack([t, t]) for n, t in state.buffers.items()}
+    xs = torch.stack([x, x])
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            want = vmap(lambda p, b, xi: functional_call(module, (p, b), (xi,)))(
+                params, buffers, xs
+            )
+            got = fn(params, buffers, xs)
+        return got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+    except Exception:  # noqa: BLE001 - any failure: use vmap
+        return False
+    finally:
+        module.train(was_training)
 
 
 def without_metrics(module: nn.Module) -> nn.Module:
