@@ -163,9 +163,9 @@ def test_batched_layers_compute_what_vmap_computes(kw):
     model.eval()  # no dropout: both paths must then agree exactly
     stacks = [Stack(model, [state] * 3, spec, batched) for batched in (False, True)]
     for stack in stacks:
-        stack.module.train = lambda mode=True: stack.module  # keep eval for this comparison
+        model.train = lambda mode=True: model  # keep eval (no dropout) for this comparison
         stack.step([(None, xs, ys), ([0, 2], xs[:2, :5], ys[:2, :5])])
-        del stack.module.train
+        del model.train
     for name, p in stacks[0].params.items():
         torch.testing.assert_close(stacks[1].params[name], p, atol=1e-6, rtol=1e-5)
 

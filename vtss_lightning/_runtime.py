@@ -15,9 +15,11 @@ def skip_nvml_check_without_gpu() -> bool:
     Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` so that asking whether CUDA is
     available does not initialise the driver before DataLoader workers fork. With that
     flag a CUDA build of torch loads NVML on *every* ``torch.cuda.is_available()``,
-    which ``torch.optim.Adam``/``AdamW`` call on every step: about 0.2-1 ms per step on
-    a CPU-only machine, more than a small model's whole step. Without a GPU there is
-    no driver to protect, so the flag only costs time; with one it is left alone.
+    which every torch optimizer's ``step`` reaches through
+    ``torch.accelerator.current_accelerator(check_available=True)``: 0.13-0.7 ms per
+    step on this 2-core machine (6 us without the flag), against a 1.4 ms step of a
+    small MLP. Without a GPU there is no driver to protect, so the flag only costs
+    time; with one it is left alone.
     """
     if os.environ.get(_NVML) != "1" or not torch.backends.cuda.is_built():
         return False
