@@ -173,7 +173,7 @@ class Stack:
 
     def step(self, groups: list[tuple[list[int] | None, torch.Tensor, torch.Tensor]]) -> None:
         """One optimizer step; each group is (members or None for all, x, y) of equal length."""
-        if not self.module.training:  # a recursive train() per step costs ~5% of a small step
+        if not self.module.training:  # train() walks every submodule; once per stack is enough
             self.module.train()
         total = None
         for idx, x, y in groups:
