@@ -51,9 +51,9 @@ from _common import (  # noqa: E402
 )
 
 from vtss_lightning import TabularDataModule, VTSSCallback  # noqa: E402
+from vtss_lightning.baselines import tune_class_weight  # noqa: E402
 from vtss_lightning.generators import RandomOversampler, SMOTEGenerator  # noqa: E402
 from vtss_lightning.models import TabularClassifier  # noqa: E402
-from vtss_lightning.search import tune_class_weight  # noqa: E402
 from vtss_lightning.search.objective import test_metrics  # noqa: E402
 
 DATASETS = ("breast_cancer", "digits_ovr", "wine_ovr")

@@ -5,9 +5,9 @@ For every generator, on the bundled tabular data (``breast_cancer`` by default,
 1:10), one split (``--seed``):
 
 * **fit (s)**: fitting one generator per minority class on that class's *training*
-  rows of the hold-out split (through ``dm.fit_generator``, so SDV's frame generators
-  see the raw rows and their samples are encoded like the real ones);
-* **rows/s**: sampling throughput of ``dm.sample_encoded`` for ``--rows`` rows
+  rows of the hold-out split (through ``dm.pool_builder.fit_generator``, so SDV's
+  frame generators see the raw rows and their samples are encoded like the real ones);
+* **rows/s**: sampling throughput of ``dm.pool_builder.sample`` for ``--rows`` rows
   (``--image-rows`` for images), encoding included;
 * **C2ST AUC**: a classifier two-sample test: ROC AUC of a logistic regression and
   of a 5-nearest-neighbour classifier (scikit-learn, standardised inputs; the
@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "paper"))
 from _common import RESULTS, machine, quiet, single_thread, today, trainer  # noqa: E402
 
 from vtss_lightning import TabularDataModule, VTSSCallback  # noqa: E402
+from vtss_lightning._random import GENERATOR_FIT_SALT, derive_seed  # noqa: E402
 from vtss_lightning.data import ImageDataModule  # noqa: E402
 from vtss_lightning.generators import (  # noqa: E402
     CTGANGenerator,
@@ -145,16 +146,17 @@ def run_one(make_dm: Callable, make_model: Callable, epochs: int, rows: int, see
         positions = torch.nonzero(split.y_train.cpu() == k).flatten().numpy()
         t0 = time.perf_counter()
         # the DataModule's own seed for class k, so the search below can reuse this fit
-        generator = dm.fit_generator(split, positions, dm.seed * 1009 + k, f"class {k}")
+        fit_seed = derive_seed(dm.seed, GENERATOR_FIT_SALT, k)
+        generator = dm.pool_builder.fit_generator(split, positions, fit_seed, f"class {k}")
         fit_s += time.perf_counter() - t0
         split.generators[k] = generator
         t0 = time.perf_counter()
-        dm.sample_encoded(split, generator, rows, seed * 31 + k)
+        dm.pool_builder.sample(split, generator, rows, seed * 31 + k)
         sample_s += time.perf_counter() - t0
         real = held_out_rows(dm, k)
         for r in range(C2ST_DRAWS):
             draw = seed * 37 + 101 * r + k
-            synthetic = dm.sample_encoded(split, generator, len(real), draw).cpu().numpy()
+            synthetic = dm.pool_builder.sample(split, generator, len(real), draw).cpu().numpy()
             aucs.append(c2st_auc(real, synthetic, draw))
             knn_aucs.append(c2st_auc(real, synthetic, draw, "knn"))
     fitted = dict(split.generators)

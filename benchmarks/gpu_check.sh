@@ -74,9 +74,9 @@ for name, g in gens.items():
     split = dm.holdout
     pos = torch.nonzero(split.y_train.cpu() == 1).flatten().numpy()
     torch.cuda.synchronize(); t0 = time.perf_counter()
-    fitted = dm.fit_generator(split, pos, 1009, "digit 8")
+    fitted = dm.pool_builder.fit_generator(split, pos, 1009, "digit 8")
     torch.cuda.synchronize(); t1 = time.perf_counter()
-    dm.sample_encoded(split, fitted, n, 7)
+    dm.pool_builder.sample(split, fitted, n, 7)
     torch.cuda.synchronize(); t2 = time.perf_counter()
     print(f"| {name} on {len(pos)} images | {t1 - t0:.1f} | {n / (t2 - t1):,.0f} | |")
 EOF

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import math
 import os
 import shlex
@@ -39,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "paper"))
 from _common import machine, quiet, single_thread, today  # noqa: E402
 
 from vtss_lightning.data.loaders import TensorBatches  # noqa: E402
-from vtss_lightning.search import SearchEngine  # noqa: E402
+from vtss_lightning.search import SearchConfig, SearchEngine  # noqa: E402
 from vtss_lightning.search.grid import DEFAULT_RATIOS  # noqa: E402
 from vtss_lightning.search.strategies import (  # noqa: E402
     RetrainScorer,
@@ -100,10 +101,10 @@ def run_seed(
         name, snapshot = (
             (strategy[:-5], "best") if strategy.endswith("_best") else (strategy, "last")
         )
-        scorer = make_scorer(
-            name, model, settings, seed, 0.3, eta, keep_states=True, verbose=False,
-            snapshot=snapshot,
-        )  # fmt: skip
+        config = SearchConfig(
+            strategy=name, seed=seed, halving_eta=eta, verbose=False, snapshot=snapshot
+        )
+        scorer = make_scorer(config, model, settings, keep_states=True)
         t0 = time.perf_counter()
         result = SearchEngine(verbose=False).run(dm, scorer)
         search = time.perf_counter() - t0
@@ -114,7 +115,7 @@ def run_seed(
             "search": search,
             "final": final,
             "ratio": result.selected_ratio,
-            "fallback": getattr(scorer, "fallback_reason", None),
+            "fallback": scorer.fallback_reason,
         }
     out["one_fit"] = float(np.median(out["one_fit"]))
     return out
@@ -127,61 +128,67 @@ STEP_WORKLOADS = {
 }
 
 
-def step_times(device: str, kind: str, epochs: int, repeats: int) -> dict[str, list[float]]:
-    """Seconds per optimizer step, per repeat: raw loop vs Lightning, same model and batches.
+RAW_LOOP = "raw PyTorch loop"
+INNER_FIT = "Lightning, no logger/bar (VTSS inner fits)"
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
-    The loops run interleaved (raw, then each Lightning variant, ``repeats`` times) so
-    that drifting load hits them alike; the report uses per-repeat ratios to raw.
-    """
-    dm, template, _, _ = workload(kind, 0, device)
-    x, y = dm.training_tensors(dm.sizes_for_ratio(1.0))
-    base = template.to(x.device)
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+class _TrainClock(pl.Callback):
+    """Seconds from ``on_train_start`` to ``on_train_end``, the device synchronised."""
+
+    def __init__(self, device: str):
+        self.device = device
+
+    def on_train_start(self, *a):
+        self.t0 = time.perf_counter()
+
+    def on_train_end(self, *a):
+        _sync(self.device)
+        self.seconds = time.perf_counter() - self.t0
+
+
+def _raw_step_seconds(base, x, y, batch_size: int, epochs: int, device: str) -> float:
+    """Seconds per step of a plain PyTorch loop over a copy of ``base``."""
+    m = copy.deepcopy(base)
+    opt = m.configure_optimizers()
+    loader = TensorBatches(x, y, batch_size, shuffle=True, seed=0)
+    steps, t0 = 0, time.perf_counter()
+    for _ in range(epochs):
+        for xb, yb in loader:
+            loss = m.loss(m(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            steps += 1
+    _sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def _lightning_step_seconds(base, x, y, batch_size: int, epochs: int, device: str, **kw) -> float:
+    """Seconds per step of a Lightning fit of a copy of ``base``; ``kw`` go to the Trainer."""
+    m = copy.deepcopy(base)
+    loader = TensorBatches(x, y, batch_size, shuffle=True, seed=0)
+    clock = _TrainClock(device)
     accel = "gpu" if device == "cuda" else "cpu"
+    trainer = pl.Trainer(
+        max_epochs=epochs, accelerator=accel, devices=1, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[clock], **kw,
+    )  # fmt: skip
+    trainer.fit(m, train_dataloaders=loader)
+    return clock.seconds / trainer.global_step
 
-    def sync() -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
 
-    def raw() -> float:
-        m = copy.deepcopy(base)
-        opt = m.configure_optimizers()
-        loader = TensorBatches(x, y, dm.batch_size, shuffle=True, seed=0)
-        steps, t0 = 0, time.perf_counter()
-        for _ in range(epochs):
-            for xb, yb in loader:
-                loss = m.loss(m(xb), yb)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                steps += 1
-        sync()
-        return (time.perf_counter() - t0) / steps
-
-    def lightning(**kw) -> float:
-        m = copy.deepcopy(base)
-        loader = TensorBatches(x, y, dm.batch_size, shuffle=True, seed=0)
-
-        class Clock(pl.Callback):
-            def on_train_start(self, *a):
-                self.t0 = time.perf_counter()
-
-            def on_train_end(self, *a):
-                sync()
-                self.seconds = time.perf_counter() - self.t0
-
-        clock = Clock()
-        trainer = pl.Trainer(
-            max_epochs=epochs, accelerator=accel, devices=1, enable_model_summary=False,
-            num_sanity_val_steps=0, limit_val_batches=0, callbacks=[clock], **kw,
-        )  # fmt: skip
-        trainer.fit(m, train_dataloaders=loader)
-        return clock.seconds / trainer.global_step
-
-    root = tempfile.mkdtemp(prefix="vtss_steps_")
-    inner = "Lightning, no logger/bar (VTSS inner fits)"
+def _step_variants(kind: str, raw, lightning, root: str) -> dict:
+    """The loops to time, by report label: raw, VTSS's inner fits, and (tabular) the
+    Lightning configurations a user would run."""
     variants = {
-        "raw PyTorch loop": raw,
-        inner: lambda: lightning(
+        RAW_LOOP: raw,
+        INNER_FIT: lambda: lightning(
             logger=False, enable_checkpointing=False, enable_progress_bar=False
         ),
     }
@@ -192,22 +199,43 @@ def step_times(device: str, kind: str, epochs: int, repeats: int) -> dict[str, l
         variants["Lightning defaults (logger, checkpoint, progress bar)"] = lambda: lightning(
             default_root_dir=root
         )
+    return variants
+
+
+def _time_with_nvml_check(times: dict[str, list[float]], raw, inner, repeats: int) -> None:
+    """Time VTSS's inner fits again with Lightning's NVML CUDA check on (what
+    vtss_lightning._runtime saves), each paired with a fresh raw-loop timing."""
+    saved = os.environ[NVML_CHECK]
+    os.environ[NVML_CHECK] = "1"
+    try:
+        name = "Lightning, no logger/bar, with Lightning's NVML CUDA check"
+        times[name] = [math.nan] * repeats  # paired by position with the raw timings
+        for _ in range(repeats):
+            times[RAW_LOOP].append(raw())
+            times[name].append(inner())
+    finally:
+        os.environ[NVML_CHECK] = saved
+
+
+def step_times(device: str, kind: str, epochs: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per optimizer step, per repeat: raw loop vs Lightning, same model and batches.
+
+    The loops run interleaved (raw, then each Lightning variant, ``repeats`` times) so
+    that drifting load hits them alike; the report uses per-repeat ratios to raw.
+    """
+    dm, template, _, _ = workload(kind, 0, device)
+    x, y = dm.training_tensors(dm.sizes_for_ratio(1.0))
+    loop = (template.to(x.device), x, y, dm.batch_size, epochs, device)
+    raw = functools.partial(_raw_step_seconds, *loop)
+    lightning = functools.partial(_lightning_step_seconds, *loop)
+    variants = _step_variants(kind, raw, lightning, tempfile.mkdtemp(prefix="vtss_steps_"))
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
             times[name].append(fn())
-    nvml = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
-    if kind == "tabular" and device == "cpu" and nvml == "0":  # what vtss_lightning._runtime saves
-        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
-        try:
-            name = "Lightning, no logger/bar, with Lightning's NVML CUDA check"
-            times[name] = [math.nan] * repeats  # paired by position with the raw timings
-            for _ in range(repeats):
-                times["raw PyTorch loop"].append(raw())
-                times[name].append(variants[inner]())
-        finally:
-            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = nvml
-    n = len(times["raw PyTorch loop"])
+    if kind == "tabular" and device == "cpu" and os.environ.get(NVML_CHECK) == "0":
+        _time_with_nvml_check(times, raw, variants[INNER_FIT], repeats)
+    n = len(times[RAW_LOOP])
     return {k: v + [math.nan] * (n - len(v)) for k, v in times.items()}
 
 
@@ -261,10 +289,10 @@ def section(kind: str, seeds: list[dict]) -> str:
 
 
 def steps_section(kind: str, times: dict[str, list[float]], epochs: int) -> str:
-    raw = np.asarray(times["raw PyTorch loop"])
+    raw = np.asarray(times[RAW_LOOP])
     lines = [
         f"### Lightning loop vs raw PyTorch loop ({STEP_WORKLOADS[kind]}, full-balance set, "
-        f"{epochs} epochs per timing, {len(times['raw PyTorch loop'])} raw timings)",
+        f"{epochs} epochs per timing, {len(times[RAW_LOOP])} raw timings)",
         "",
         "| loop | ms / step: median | vs raw: median of paired ratios [IQR] | fastest / fastest raw |",
         "|---|---|---|---|",

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from vtss_lightning import TabularDataModule, VTSSError
+from vtss_lightning.baselines import tune_class_weight
 from vtss_lightning.generators import RandomOversampler
 from vtss_lightning.models import TabularClassifier
-from vtss_lightning.search import tune_class_weight
 
 TRAINER = {"max_epochs": 1, "accelerator": "cpu"}  # L-BFGS: one full-batch epoch converges
 

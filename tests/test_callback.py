@@ -6,14 +6,14 @@ import json
 import math
 import re
 import warnings
+from functools import partial
 
-import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from helpers import LinearModule, progress_lines, quiet_trainer, tabular_dm
 from pytorch_lightning.callbacks import ModelCheckpoint
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from vtss_lightning import TabularDataModule, VTSSCallback, VTSSError, VTSSTuner
@@ -27,66 +27,32 @@ EPOCHS = 2
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-class UserModel(pl.LightningModule):
+class UserModel(LinearModule):
     """A user's own module: one Linear layer, SGD, sized from the DataModule."""
 
-    def __init__(self, n_features: int | None = None, num_classes: int | None = None):
-        super().__init__()
-        self.layer: nn.Linear | None = None
-        if n_features is not None:
-            self.layer = nn.Linear(n_features, num_classes)
-
-    def configure_model(self):
-        if self.layer is None:
-            dm = self.trainer.datamodule
-            self.layer = nn.Linear(dm.n_features, dm.num_classes)
-
-    def forward(self, x):
-        return self.layer(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
+    lr = 0.2
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
         self.log("val_loss", F.cross_entropy(self(x), y))
 
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.2)
 
-
-def make_dm(n_neg=120, n_pos=30, test=True, seed=0, **kwargs):
-    rng = np.random.default_rng(seed)
-    n = n_neg + n_pos
-    x = rng.normal(size=(n, 3))
-    x[n_neg:, :2] += 1.2
-    y = np.array(["neg"] * n_neg + ["pos"] * n_pos)
-    xt = yt = None
-    if test:
-        xt = rng.normal(size=(40, 3))
-        xt[20:, :2] += 1.2
-        yt = np.array(["neg"] * 20 + ["pos"] * 20)
-    kwargs.setdefault("batch_size", 64)
-    return TabularDataModule.from_arrays(x, y, x_test=xt, y_test=yt, seed=seed, **kwargs)
+#: 120 vs 30 rows (3 features, 2 shifted by 1.2) and a 20 + 20-row test set.
+make_dm = partial(
+    tabular_dm, n_neg=120, n_pos=30, shift=1.2, shifted_columns=2, n_test=20, batch_size=64
+)
 
 
 def trainer(tmp_path, callbacks, **kwargs):
     kwargs.setdefault("max_epochs", EPOCHS)
-    return pl.Trainer(
+    return quiet_trainer(
         accelerator="cpu",
         devices=1,
         default_root_dir=str(tmp_path),
         callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         log_every_n_steps=1,
         **kwargs,
     )
-
-
-def progress_lines(text: str) -> list[str]:
-    return [ln for ln in text.splitlines() if ln.startswith("VTSS [")]
 
 
 # --------------------------------------------------------------------------- callback
@@ -140,7 +106,7 @@ def test_same_seed_same_report_and_logger_false_writes_to_root(tmp_path):
     reports = []
     for run in range(2):
         root = tmp_path / f"run{run}"
-        dm = make_dm(test=False)
+        dm = make_dm(n_test=0)
         pl.seed_everything(0)
         model = UserModel()
         tr = trainer(root, [VTSSCallback(ratios=[0, 1, 2], verbose=False)], logger=False)
@@ -162,7 +128,7 @@ def test_same_seed_same_report_and_logger_false_writes_to_root(tmp_path):
 
 def test_resumed_fit_restores_the_result_without_searching(tmp_path, capsys):
     ckpt_dir = tmp_path / "ckpt"
-    dm = make_dm(test=False)
+    dm = make_dm(n_test=0)
     pl.seed_everything(0)
     first = VTSSCallback(ratios=[0, 1, 2])
     tr = trainer(tmp_path, [first, ModelCheckpoint(dirpath=ckpt_dir, save_last=True)], logger=False)
@@ -171,7 +137,7 @@ def test_resumed_fit_restores_the_result_without_searching(tmp_path, capsys):
     ckpt = torch.load(ckpt_dir / "last.ckpt", weights_only=False)
     assert any("VTSSCallback" in str(k) for k in ckpt["callbacks"])
 
-    dm2 = make_dm(test=False)
+    dm2 = make_dm(n_test=0)
     second = VTSSCallback(ratios=[0, 1, 2])
     tr2 = trainer(tmp_path / "resume", [second], logger=False, max_epochs=EPOCHS + 1)
     tr2.fit(UserModel(), datamodule=dm2, ckpt_path=str(ckpt_dir / "last.ckpt"))
@@ -187,7 +153,7 @@ def test_resumed_fit_restores_the_result_without_searching(tmp_path, capsys):
 
 
 def test_state_dict_round_trip_skips_search(tmp_path, capsys):
-    dm = make_dm(test=False)
+    dm = make_dm(n_test=0)
     first = VTSSCallback(ratios=[0, 2], verbose=False)
     tr = trainer(tmp_path / "a", [first], logger=False, max_epochs=1)
     tr.fit(UserModel(), datamodule=dm)
@@ -196,7 +162,7 @@ def test_state_dict_round_trip_skips_search(tmp_path, capsys):
 
     second = VTSSCallback(ratios=[0, 2])
     second.load_state_dict(state)
-    dm2 = make_dm(test=False)
+    dm2 = make_dm(n_test=0)
     tr2 = trainer(tmp_path / "b", [second], logger=False, max_epochs=1)
     tr2.fit(UserModel(), datamodule=dm2)
     assert progress_lines(capsys.readouterr().out) == []
@@ -207,7 +173,7 @@ def test_state_dict_round_trip_skips_search(tmp_path, capsys):
 
 
 def test_finetune_strategy_scores_every_candidate(tmp_path):
-    dm = make_dm(test=False)
+    dm = make_dm(n_test=0)
     pl.seed_everything(0)
     cb = VTSSCallback(ratios=[0, 1, 2], strategy="finetune", finetune_fraction=0.5, verbose=False)
     tr = trainer(tmp_path, [cb], logger=False)
@@ -223,7 +189,7 @@ def test_finetune_strategy_scores_every_candidate(tmp_path):
 
 
 def test_balanced_data_through_the_callback(tmp_path):
-    dm = make_dm(n_neg=40, n_pos=40, test=False)
+    dm = make_dm(n_neg=40, n_pos=40, n_test=0)
     cb = VTSSCallback(ratios=[0, 1, 2], verbose=False)
     tr = trainer(tmp_path, [cb], logger=False, max_epochs=1)
     tr.fit(UserModel(), datamodule=dm)
@@ -264,7 +230,7 @@ def test_callback_argument_errors(kwargs, match):
 
 
 def test_tuner_leaves_the_model_untouched_and_sets_sizes():
-    dm = make_dm(test=False)
+    dm = make_dm(n_test=0)
     model = TabularClassifier(n_features=3, num_classes=2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     tuner = VTSSTuner(
@@ -281,7 +247,7 @@ def test_tuner_leaves_the_model_untouched_and_sets_sizes():
 
 
 def test_tuner_builds_a_lazy_model_from_the_data():
-    dm = make_dm(test=False)
+    dm = make_dm(n_test=0)
     model = TabularClassifier()  # no width given: read from the DataModule
     result = VTSSTuner({"max_epochs": 1}, ratios=[0, 1], verbose=False).search(model, dm)
     assert model.net is not None and model.hparams.n_features == dm.n_features == 3
@@ -289,7 +255,7 @@ def test_tuner_builds_a_lazy_model_from_the_data():
 
 
 def test_tuner_with_absolute_sizes_by_class_label(tmp_path):
-    dm = make_dm(test=False)
+    dm = make_dm(n_test=0)
     tuner = VTSSTuner({"max_epochs": 1}, sizes=[{"pos": 40}, {"pos": 10}], verbose=False)
     result = tuner.search(TabularClassifier(), dm)
     assert [c.sizes for c in result.candidates] == [{"pos": 10}, {"pos": 40}]
@@ -300,7 +266,7 @@ def test_tuner_with_absolute_sizes_by_class_label(tmp_path):
     assert curve.stat().st_size > 1000
     with pytest.raises(VTSSError, match="not in the data"):
         VTSSTuner({"max_epochs": 1}, sizes=[{"maybe": 3}], verbose=False).search(
-            TabularClassifier(), make_dm(test=False)
+            TabularClassifier(), make_dm(n_test=0)
         )
 
 
@@ -314,7 +280,7 @@ def test_tuner_rejects_unknown_trainer_arguments():
 
 def test_retrain_scorer_is_reproducible_isolated_and_keeps_the_template(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the inner Trainers must not write anything
-    dm = make_dm(test=False)
+    dm = make_dm(n_test=0)
     dm.setup()
     template = UserModel(dm.n_features, dm.num_classes)
     before = {k: v.clone() for k, v in template.state_dict().items()}
@@ -357,19 +323,13 @@ def test_tuner_settings_resolve_one_cpu_device_by_default():
     assert settings.build().num_devices == 1
 
 
-def test_tg_grid_on_the_paper_linear_design_reports_asymmetry_with_finite_gqs(tmp_path):
+def test_tg_grid_on_the_paper_linear_design_reports_asymmetry_with_finite_gqs(
+    tmp_path, tmp_trainer
+):
     pl.seed_everything(0)
     dm = TabularDataModule(dataset="paper_linear", scale=False)
     cb = VTSSCallback(grid="tg", verbose=False)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        callbacks=[cb],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = tmp_trainer(max_epochs=1, callbacks=[cb])
     trainer.fit(TabularClassifier(), datamodule=dm)
     tg = cb.result.diagnostics["tg"]
     assert tg["regime"] == "local asymmetry"

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
+from helpers import quiet_trainer
 
 from vtss_lightning import TabularDataModule, VTSSCallback
 from vtss_lightning.data.schema import FeatureSchema
@@ -275,14 +276,12 @@ def test_vtss_search_end_to_end(tmp_path, generator):
     dm = TabularDataModule.from_frame(frame, target="y", generator=generator, batch_size=64)
     pl.seed_everything(0)
     cb = VTSSCallback(ratios=[0, 1, 2], verbose=False)
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         accelerator="cpu",
         max_epochs=2,
         default_root_dir=str(tmp_path),
         callbacks=[cb],
         logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(TabularClassifier(hidden_dims=[]), datamodule=dm)
     report = json.loads((tmp_path / "vtss_report.json").read_text())

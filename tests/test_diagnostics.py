@@ -18,7 +18,8 @@ from vtss_lightning.generators import JitterGenerator, SMOTEGenerator
 from vtss_lightning.generators._common import cpu_generator
 from vtss_lightning.generators.base import SyntheticGenerator
 from vtss_lightning.models import TabularClassifier
-from vtss_lightning.search.diagnostics import (
+from vtss_lightning.search.strategies import RetrainScorer, TrainerSettings, clone_module
+from vtss_lightning.search.tg import (
     ASYMMETRIC,
     BIASED,
     LOCAL_MULTIPLIERS,
@@ -31,7 +32,6 @@ from vtss_lightning.search.diagnostics import (
     tg_candidate_ratios,
     tg_diagnostics,
 )
-from vtss_lightning.search.strategies import RetrainScorer, TrainerSettings, clone_module
 
 # --------------------------------------------------------------------------- helpers
 
@@ -368,7 +368,7 @@ def test_minority_label_may_be_class_zero():
 
 
 class _ShiftedGaussian(SyntheticGenerator):
-    """N(c e1, I): the realistic aligned generator of PAPER.md experiment 4."""
+    """N(c e1, I): the realistic aligned generator of experiment 4 (Ma & Zhang, arXiv 2601.16120)."""
 
     def __init__(self, c: float) -> None:
         super().__init__()
@@ -405,7 +405,7 @@ def test_squared_loss_pilot_recovers_the_papers_rho():
 
 
 def test_least_squares_head_solves_the_balanced_normal_equations():
-    from vtss_lightning.search.head_stats import balanced_weights, fit_head
+    from vtss_lightning.search.tg import balanced_weights, fit_head
 
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(300, 3, generator=gen, dtype=torch.float64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 import subprocess
 import sys
@@ -19,9 +20,11 @@ from vtss_lightning.data.schema import FeatureSchema
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.generators import (
     CTGANGenerator,
+    DiffusionGenerator,
     GaussianCopulaGenerator,
     GaussianGenerator,
     JitterGenerator,
+    RandomOversampler,
     SMOTEGenerator,
     SyntheticGenerator,
     TVAEGenerator,
@@ -433,3 +436,79 @@ def test_reprs_name_parameters():
     assert repr(SMOTEGenerator(3)) == "SMOTEGenerator(k_neighbors=3)"
     assert "epochs=2" in repr(CTGANGenerator(epochs=2))
     assert CTGANGenerator.input_kind == "frame" and SMOTEGenerator.input_kind == "tensor"
+
+
+#: A valid non-default value for the parameters whose type alone does not give one.
+OTHER_VALUE = {
+    "categorical": "argmax",
+    "schedule": "linear",
+    "precision": "32",
+    "default_distribution": "norm",
+}
+
+
+def other_value(name: str, default: object) -> object:
+    """A valid value of parameter ``name`` that differs from its ``default``."""
+    if name in OTHER_VALUE:
+        return OTHER_VALUE[name]
+    if default is None:
+        return 7  # every optional parameter takes a positive integer
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int):
+        return default + 1
+    if isinstance(default, float):
+        return default / 2 if default else 0.5
+    if isinstance(default, tuple):
+        return tuple(v + 1 for v in default)
+    raise AssertionError(f"no other value known for {name}={default!r}")
+
+
+GENERATOR_CLASSES = [
+    getattr(vtss_lightning.generators, name)
+    for name in vtss_lightning.generators.__all__
+    if name != "SyntheticGenerator"
+]
+
+
+@pytest.mark.parametrize("cls", GENERATOR_CLASSES, ids=lambda c: c.__name__)
+def test_params_and_repr_come_from_the_signature(cls):
+    """Every ``__init__`` parameter is in ``get_params()`` and ``repr``, so changing any
+    one of them changes both (the search fingerprints a generator by its ``repr``)."""
+    signature = inspect.signature(cls.__init__).parameters
+    names = [n for n in signature if n != "self"]
+    default = cls()
+    assert list(default.get_params()) == names
+    assert default.get_params() == {n: signature[n].default for n in names}
+    namespace = {c.__name__: c for c in GENERATOR_CLASSES}
+    assert repr(eval(repr(default), namespace)) == repr(default)  # repr rebuilds it
+    for name in names:
+        changed = cls(**{name: other_value(name, signature[name].default)})
+        assert changed.get_params() != default.get_params(), name
+        assert repr(changed) != repr(default), name
+        assert repr(eval(repr(changed), namespace)) == repr(changed), name
+
+
+def test_repr_lists_every_parameter():
+    assert repr(GaussianGenerator()) == "GaussianGenerator(shrinkage=0.1)"
+    assert repr(RandomOversampler()) == "RandomOversampler()"
+    assert repr(DiffusionGenerator(ema=0.9)) != repr(DiffusionGenerator())
+    assert "ema=0.9," in repr(DiffusionGenerator(ema=0.9))
+    assert DiffusionGenerator(steps=3).settings.steps == 3
+
+
+def test_get_params_names_a_parameter_a_subclass_does_not_store():
+    class Forgetful(SyntheticGenerator):
+        def __init__(self, depth: int = 2) -> None:
+            super().__init__()
+
+        def _fit(self, x, schema, seed):
+            pass
+
+        def _sample(self, n, seed):
+            return torch.zeros(n, 1)
+
+    with pytest.raises(
+        AttributeError, match=r"Forgetful does not store __init__ parameter\(s\) \['depth'\]"
+    ):
+        Forgetful().get_params()

@@ -194,7 +194,7 @@ def test_image_classifier_sizes_itself_from_the_datamodule():
 
 
 # ------------------------------------------------------------------ search
-def test_image_search_end_to_end_writes_report_and_sample_grid(tmp_path):
+def test_image_search_end_to_end_writes_report_and_sample_grid(tmp_path, tmp_trainer):
     pl.seed_everything(0)
     dm = ImageDataModule(
         dataset="digits_multiclass",
@@ -204,15 +204,7 @@ def test_image_search_end_to_end_writes_report_and_sample_grid(tmp_path):
         batch_size=64,
     )
     cb = VTSSCallback(ratios=[0.0, 0.5, 1.0], verbose=False, progress=False)
-    trainer = pl.Trainer(
-        max_epochs=2,
-        callbacks=[cb],
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = tmp_trainer(max_epochs=2, callbacks=[cb])
     trainer.fit(ImageClassifier(width=4, depth=1), datamodule=dm)
     report = json.loads((tmp_path / "vtss_report.json").read_text())
     ratios = [c["ratio"] for c in report["candidates"]]
@@ -238,8 +230,8 @@ def test_sample_grid_is_skipped_for_tables(tmp_path):
 
 
 def test_parallel_strategy_falls_back_to_retrain_when_images_are_augmented():
-    from vtss_lightning.search.parallel import ParallelScorer
     from vtss_lightning.search.strategies import TrainerSettings
+    from vtss_lightning.search.strategies.parallel import ParallelScorer
 
     x, y = _images(30, 10, h=8, w=8)
     dm = ImageDataModule(x=x, y=y, transforms="shift")
@@ -254,8 +246,8 @@ def test_parallel_image_classifier_with_batch_norm_replays_retrain():
     """Stacked convolutions with batch norm (batch statistics per member, running
     statistics per member for the evaluation) score what one-at-a-time fits score."""
     from vtss_lightning.search.engine import score_jobs
-    from vtss_lightning.search.parallel import ParallelScorer
     from vtss_lightning.search.strategies import RetrainScorer, TrainerSettings
+    from vtss_lightning.search.strategies.parallel import ParallelScorer
 
     x, y = _images(60, 15, h=8, w=8)
     dm = ImageDataModule(x=x, y=y, batch_size=16, seed=0)

@@ -12,8 +12,8 @@ ray = pytest.importorskip("ray", reason='Ray is optional: pip install "vtss-ligh
 
 from vtss_lightning import TabularDataModule  # noqa: E402
 from vtss_lightning.search import SearchEngine  # noqa: E402
-from vtss_lightning.search.ray_scorer import RayScorer  # noqa: E402
 from vtss_lightning.search.strategies import RetrainScorer, TrainerSettings  # noqa: E402
+from vtss_lightning.search.strategies.ray import RayScorer  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

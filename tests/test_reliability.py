@@ -19,13 +19,14 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch import nn
+from helpers import LinearModule, quiet_trainer
 
 from vtss_lightning import TabularDataModule, VTSSError, VTSSTuner
 from vtss_lightning.data.preprocessing import TabularPreprocessor
 from vtss_lightning.generators import SMOTEGenerator, SyntheticGenerator
 from vtss_lightning.models import TabularClassifier
 from vtss_lightning.search import SearchEngine
+from vtss_lightning.search.strategies import BaseScorer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -254,24 +255,14 @@ def test_frame_generator_breaking_the_contract(monkeypatch, mode, match):
 # ------------------------------------------------ divergence and out of memory
 
 
-class Linear(pl.LightningModule):
+class Linear(LinearModule):
     """One linear layer trained full-batch with SGD; subclasses misbehave on purpose."""
 
     full_batch = True
+    lr = 0.5
 
     def __init__(self, d: int = 3, k: int = 2):
-        super().__init__()
-        self.layer = nn.Linear(d, k)
-
-    def forward(self, x):
-        return self.layer(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.5)
+        super().__init__(d, k)
 
 
 class DivergesOnSyntheticRows(Linear):
@@ -452,9 +443,9 @@ class SpyGenerator(SyntheticGenerator):
         return self._x.sample(n, replace=True, random_state=seed).reset_index(drop=True)
 
 
-class ConstantScorer:
-    def begin_split(self, dm):
-        pass
+class ConstantScorer(BaseScorer):
+    def __init__(self):
+        super().__init__(template=None, settings=None)
 
     def score(self, dm, sizes):
         dm.training_tensors(sizes)
@@ -504,12 +495,10 @@ def test_checkpoints_load_with_weights_only(tmp_path):
     from vtss_lightning import VTSSCallback
 
     cb = VTSSCallback(ratios=[0, 1], folds=2, verbose=False)  # folds: the outer fit trains
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         accelerator="cpu",
         max_epochs=1,
         logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=str(tmp_path),
         callbacks=[cb, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
     )

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
+from helpers import progress_lines
 from test_cli import vtss_executable  # tests/ is on sys.path under pytest
 
 from vtss_lightning import TabularDataModule, VTSSTuner
@@ -82,10 +83,6 @@ def finish(proc: subprocess.Popen, log: Path) -> str:
 
 def newest(root: Path, name: str) -> Path:
     return max(root.rglob(name), key=lambda p: p.stat().st_mtime)
-
-
-def progress_lines(text: str) -> list[str]:
-    return [ln for ln in text.splitlines() if ln.startswith("VTSS [")]
 
 
 def records(path: Path) -> int:
@@ -269,13 +266,13 @@ def test_a_torn_last_line_is_dropped_and_appends_stay_valid(tmp_path):
 
 
 def test_changed_initial_weights_change_the_fingerprint():
-    from vtss_lightning.search.callback import VTSSCallback
+    from vtss_lightning.search.config import SearchConfig
     from vtss_lightning.search.progress import search_fingerprint
     from vtss_lightning.search.strategies import TrainerSettings
 
     dm = small_dm()
     dm.setup()
-    cfg, settings = VTSSCallback(ratios=RATIOS), TrainerSettings({"max_epochs": 2})
+    cfg, settings = SearchConfig(ratios=RATIOS), TrainerSettings({"max_epochs": 2})
     torch.manual_seed(0)
     a = torch.nn.Linear(3, 2)
     torch.manual_seed(0)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 
 import numpy as np
 import pytest
+from helpers import progress_lines, tabular_dm
 
-from vtss_lightning import TabularDataModule, VTSSError, VTSSResult
+from vtss_lightning import VTSSError, VTSSResult
 from vtss_lightning.search import (
     DEFAULT_RATIOS,
     CandidateResult,
@@ -16,26 +18,20 @@ from vtss_lightning.search import (
     build_candidates,
     select,
 )
+from vtss_lightning.search.strategies import BaseScorer
 
 # --------------------------------------------------------------------------- helpers
 
 
-def make_dm(n_neg=100, n_pos=25, seed=0, **kwargs):
-    rng = np.random.default_rng(seed)
-    n = n_neg + n_pos
-    x = rng.normal(size=(n, 3))
-    x[n_neg:] += 1.0
-    y = np.array(["neg"] * n_neg + ["pos"] * n_pos)
-    dm = TabularDataModule.from_arrays(x, y, seed=seed, **kwargs)
-    dm.setup()
-    return dm
+#: 100 vs 25 rows, 3 features all shifted by 1.0; set up.
+make_dm = partial(tabular_dm, n_neg=100, n_pos=25, setup=True)
 
 
 def rounded(ratio, gaps):
     return {k: int(math.floor(ratio * g + 0.5)) for k, g in gaps.items() if g > 0}
 
 
-class FakeScorer:
+class FakeScorer(BaseScorer):
     """Loss is a known function of the share of the active split's gap that is filled.
 
     Also checks, for every call, that the engine prepared a pool large enough for the
@@ -43,6 +39,7 @@ class FakeScorer:
     """
 
     def __init__(self, loss_of_ratio):
+        super().__init__(template=None, settings=None)
         self.loss_of_ratio = loss_of_ratio
         self.calls = []  # (split name, gaps, sizes)
         self.splits = []
@@ -140,7 +137,8 @@ def test_all_candidates_failing_is_a_vtss_error():
 def test_absolute_sizes_candidates():
     dm = make_dm()
     scorer = FakeScorer(lambda r, s: abs(r * 60 - 30))  # best at 30 rows
-    result = SearchEngine(sizes=[{1: 90}, {1: 5}, {1: 30}, {1: 0}], verbose=False).run(dm, scorer)
+    sizes = [{"pos": 90}, {"pos": 5}, {"pos": 30}, {"pos": 0}]  # keyed by class name
+    result = SearchEngine(sizes=sizes, verbose=False).run(dm, scorer)
     assert [c[2] for c in scorer.calls] == [{1: 0}, {1: 5}, {1: 30}, {1: 90}]
     assert [c.sizes for c in result.candidates] == [{"pos": m} for m in (0, 5, 30, 90)]
     assert all(c.ratio is None for c in result.candidates)
@@ -154,8 +152,7 @@ def test_verbose_prints_one_line_per_candidate(capsys):
     dm = make_dm()
     SearchEngine([0, 1, 2], verbose=True).run(dm, FakeScorer(parabola))
     out = capsys.readouterr().out
-    lines = [ln for ln in out.splitlines() if ln.startswith("VTSS [")]
-    assert len(lines) == 3
+    assert len(progress_lines(out)) == 3
     assert "VTSS selected ratio 1" in out
     SearchEngine([0, 1, 2], verbose=False).run(dm, FakeScorer(parabola))
     assert capsys.readouterr().out == ""

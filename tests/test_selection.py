@@ -8,6 +8,7 @@ import pytest
 from vtss_lightning import TabularDataModule, VTSSCallback, VTSSError
 from vtss_lightning.search import SearchEngine, select
 from vtss_lightning.search.report import CandidateResult
+from vtss_lightning.search.strategies import BaseScorer
 
 
 def _cand(ratio, loss, folds=()):
@@ -54,10 +55,11 @@ def test_one_se_needs_folds_and_unknown_rule_is_rejected():
         SearchEngine(selection="best")
 
 
-class _NoisyScorer:
+class _NoisyScorer(BaseScorer):
     """Loss = (ratio - 1)^2 + fold-dependent noise: every repeat can pick differently."""
 
     def __init__(self):
+        super().__init__(template=None, settings=None)
         self.rng = np.random.default_rng(0)
 
     def begin_split(self, dm):

@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import math
+import warnings
+from functools import partial
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from helpers import LinearModule, quiet_trainer, tabular_dm
 from torch import nn
 
-from vtss_lightning import TabularDataModule, VTSSCallback
+from vtss_lightning import VTSSCallback
 from vtss_lightning.search import SearchEngine
+from vtss_lightning.search.config import SearchConfig
 from vtss_lightning.search.engine import score_jobs
-from vtss_lightning.search.halving import HalvingScorer, rung_steps, survivors
-from vtss_lightning.search.parallel import ParallelScorer
-from vtss_lightning.search.stack import (
+from vtss_lightning.search.strategies import RetrainScorer, TrainerSettings, make_scorer
+from vtss_lightning.search.strategies._stack import (
     Stack,
     forward_stacked_agrees,
     initial_state,
     optimizer_spec,
 )
-from vtss_lightning.search.strategies import RetrainScorer, TrainerSettings, make_scorer
+from vtss_lightning.search.strategies.halving import HalvingScorer, rung_steps, survivors
+from vtss_lightning.search.strategies.parallel import ParallelScorer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 torch.set_num_threads(1)  # tiny models: threads only contend on a shared CPU
@@ -30,14 +33,10 @@ torch.set_num_threads(1)  # tiny models: threads only contend on a shared CPU
 SETTINGS = TrainerSettings.from_kwargs({"max_epochs": 3, "accelerator": "cpu"})
 
 
-def make_dm(batch_size: int = 32, seed: int = 0) -> TabularDataModule:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(200, 4))
-    x[160:] += 1.0
-    y = np.array(["a"] * 160 + ["b"] * 40)
-    dm = TabularDataModule.from_arrays(x, y, batch_size=batch_size, seed=seed)
-    dm.setup()
-    return dm
+#: 160 "a" vs 40 "b" rows, 4 features all shifted by 1.0, batches of 32; set up.
+make_dm = partial(
+    tabular_dm, n_neg=160, n_pos=40, n_features=4, labels=("a", "b"), batch_size=32, setup=True
+)
 
 
 def mlp(dm, dropout: float = 0.0, optimizer: str = "adamw", hidden=(8,)):
@@ -57,15 +56,14 @@ def jobs_for(dm, ratios=(0, 0.5, 1, 2)):
     return [(i, {1: int(r * gap)}) for i, r in enumerate(ratios)]
 
 
-class UserModel(pl.LightningModule):
+class UserModel(LinearModule):
     """A user's module with per_sample_loss and plain SGD: stackable."""
 
-    def __init__(self, n_features: int, num_classes: int):
-        super().__init__()
-        self.layer = nn.Linear(n_features, num_classes)
+    lr = 0.1
+    momentum = 0.9
 
-    def forward(self, x):
-        return self.layer(x)
+    def __init__(self, n_features: int, num_classes: int):
+        super().__init__(n_features, num_classes)
 
     def per_sample_loss(self, scores, y):
         return F.cross_entropy(scores, y, reduction="none")
@@ -73,9 +71,6 @@ class UserModel(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         return self.per_sample_loss(self(x), y).mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
 
 
 class NotPure(UserModel):
@@ -297,7 +292,8 @@ def test_a_stack_out_of_memory_is_split_and_gives_the_same_results(monkeypatch, 
 
     def scorer():
         if halving:
-            return HalvingScorer(model, SETTINGS, eta=2, parallel=True, keep_states=True)
+            cfg = SearchConfig(strategy="parallel_halving", halving_eta=2)
+            return make_scorer(cfg, model, SETTINGS, keep_states=True)
         return ParallelScorer(model, SETTINGS, keep_states=True)
 
     whole = scorer()
@@ -308,11 +304,14 @@ def test_a_stack_out_of_memory_is_split_and_gives_the_same_results(monkeypatch, 
         RuntimeWarning, match="out of memory with 5 members per stack; retrying with 2"
     ):
         b = {i: loss for i, loss, _ in score_jobs(split, dm, jobs)}
-    assert split._oom_cap == 2 and whole._oom_cap is None
+    stacked = (lambda s: s.runner.scorer) if halving else (lambda s: s)  # the ParallelScorer
+    assert stacked(split)._oom_cap == 2 and stacked(whole)._oom_cap is None
     assert b == pytest.approx(a, abs=1e-5, nan_ok=True)  # restarted members replay exactly
-    for key, state in whole._states.items():
+    for key, state in stacked(whole)._states.items():
         for name, tensor in state.items():
-            torch.testing.assert_close(split._states[key][name], tensor, atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                stacked(split)._states[key][name], tensor, atol=1e-5, rtol=0
+            )
 
 
 def test_a_member_out_of_memory_alone_is_failed_not_fatal(monkeypatch):
@@ -377,7 +376,8 @@ def test_halving_prunes_the_worst_and_reports_where(parallel, ratios, eta, first
     model = mlp(dm)
     engine = SearchEngine(ratios=list(ratios), verbose=False)
     full = engine.run(dm, ParallelScorer(model, SETTINGS, snapshot="last"))
-    scorer = HalvingScorer(model, SETTINGS, eta=eta, parallel=parallel, snapshot="last")
+    strategy = "parallel_halving" if parallel else "halving"
+    scorer = make_scorer(SearchConfig(strategy=strategy, halving_eta=eta), model, SETTINGS)
     result = engine.run(dm, scorer)
     kept = [c for c in result.candidates if c.val_balanced_loss is not None]
     assert len(kept) == 1  # 9 -> 3 -> 1 and 4 -> 2 -> 1
@@ -407,13 +407,11 @@ def fit_with(tmp_path, strategy, refit, ratios=(0, 1, 2), **kw):
     cb = VTSSCallback(
         ratios=list(ratios), strategy=strategy, refit=refit, verbose=False, progress=False, **kw
     )
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         max_epochs=3,
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=tmp_path,
         callbacks=[cb],
     )
@@ -456,10 +454,40 @@ def test_callback_validates_speed_options():
         VTSSCallback(strategy="halving", halving_eta=1.0)
     with pytest.raises(VTSSError, match="snapshot"):
         VTSSCallback(strategy="parallel", snapshot="first")
-    scorer = make_scorer("parallel", None, SETTINGS, 0, 0.3)
+    scorer = make_scorer(SearchConfig(strategy="parallel"), None, SETTINGS)
     assert isinstance(scorer, ParallelScorer) and scorer.snapshot == "last"  # retrain's rule
-    assert make_scorer("parallel", None, SETTINGS, 0, 0.3, snapshot="best").snapshot == "best"
+    best = SearchConfig(strategy="parallel", snapshot="best")
+    assert make_scorer(best, None, SETTINGS).snapshot == "best"
     assert VTSSCallback(strategy="parallel").snapshot == "last"
-    assert isinstance(
-        make_scorer("parallel_halving", None, SETTINGS, 0, 0.3, halving_eta=2), HalvingScorer
+    halving = SearchConfig(strategy="parallel_halving", halving_eta=2)
+    assert isinstance(make_scorer(halving, None, SETTINGS), HalvingScorer)
+
+
+@pytest.mark.parametrize("strategy", ["parallel", "halving", "parallel_halving"])
+def test_out_of_memory_in_one_at_a_time_paths_fails_one_candidate_not_the_search(
+    monkeypatch, strategy
+):
+    """parallel's retrain fallback and plain halving are guarded like retrain."""
+    from vtss_lightning.search.strategies import base
+
+    dm = make_dm()
+    gap = dm.class_gaps()[1]
+    fit = base.fit_candidate
+
+    def oom_when_large(model, loader, *args, **kwargs):
+        if len(loader.y) > len(dm.active.y_train) + gap:  # only the largest candidate
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
+        return fit(model, loader, *args, **kwargs)
+
+    monkeypatch.setattr(base, "fit_candidate", oom_when_large)
+    clipped = TrainerSettings.from_kwargs(  # clipping is not stacked: parallel falls back
+        {"max_epochs": 1, "gradient_clip_val": 1.0, "accelerator": "cpu"}
     )
+    config = SearchConfig(ratios=(0, 1, 2), strategy=strategy, halving_eta=2, verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "retrying with batch size ..."
+        result = SearchEngine(config).run(dm, make_scorer(config, mlp(dm), clipped))
+    largest = result.candidates[-1]
+    assert largest.val_balanced_loss is None
+    assert largest.status.startswith("failed: out of memory")
+    assert result.selected_ratio in (0.0, 1.0)

@@ -198,7 +198,7 @@ def write_section(key: str, text: str, path: Path = PAPER_MD) -> None:
     path.write_text("\n".join(f"<!-- BEGIN {k} -->\n{parts[k]}<!-- END {k} -->\n" for k in keys))
 
 
-HEADER = """# Paper experiments (Ma & Zhang, PAPER.md) reproduced with vtss-lightning
+HEADER = """# Paper experiments (Ma & Zhang, arXiv 2601.16120) reproduced with vtss-lightning
 
 One section per experiment, each written by its own script in `benchmarks/paper/`
 (`expN_*.py --reps R`). Every section gives the published figure beside ours
@@ -302,8 +302,8 @@ def pm_squared_classifier(**kwargs):
     ``(½ + wᵀx − y)² = ¼ (θᵀx − t)²`` with ``t = 2y − 1 ∈ {−1, +1}`` and ``θ = 2w``.
 
     The package's own ``fit_intercept=False`` squared loss predicts ``wᵀx`` against 0/1
-    labels, which is the ±1 problem only when the majority class has mean zero (PAPER
-    experiments 3-4) — not for experiment 5's ∓μ design.
+    labels, which is the ±1 problem only when the majority class has mean zero (the
+    paper's experiments 3-4) — not for experiment 5's ∓μ design.
     """
     from vtss_lightning.models import TabularClassifier
 

@@ -1,7 +1,7 @@
 """Paper experiment 1 (end-to-end, linear) with the project's own pieces.
 
-Reproduces the published balanced-test-log-loss curve of Ma & Zhang (PAPER.md,
-experiment 1: d = 5, n0 = 4000, n1 = 200, SMOTE k = 5, unregularised logistic
+Reproduces the published balanced-test-log-loss curve of Ma & Zhang (arXiv
+2601.16120, experiment 1: d = 5, n0 = 4000, n1 = 200, SMOTE k = 5, unregularised logistic
 regression, 20% stratified hold-out, ratio grid 0..2, balanced test set of 10,000
 rows per class) and checks the acceptance criterion: the VTSS final model's balanced
 test log loss is within 0.02 of the published curve minimum (about 0.36).
@@ -63,7 +63,7 @@ from vtss_lightning.generators import SMOTEGenerator  # noqa: E402
 from vtss_lightning.models import TabularClassifier  # noqa: E402
 from vtss_lightning.search.objective import balanced_loss  # noqa: E402
 
-#: Published figures (PAPER.md, experiment 1).
+#: Published figures (Ma & Zhang, arXiv 2601.16120, experiment 1).
 PUBLISHED = {
     "none": 0.85,  # no augmentation
     "balance": 0.36,  # near full balance
@@ -305,7 +305,8 @@ def write_report(
     lines = [
         "# Paper experiment 1 (linear design): VTSS with SMOTE + logistic regression",
         "",
-        "Reproduction of PAPER.md experiment 1 with the package's own pieces: "
+        "Reproduction of experiment 1 of Ma & Zhang (arXiv 2601.16120) with the package's "
+        "own pieces: "
         '`TabularDataModule(dataset="paper_linear", scale=False)` (n0 = 4000, n1 = 200, d = 5; '
         "20% stratified hold-out; balanced test set of 10,000 rows per class), "
         "`SMOTEGenerator(k_neighbors=5)`, `TabularClassifier()` (logistic regression, full-batch "

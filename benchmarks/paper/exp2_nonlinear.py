@@ -54,7 +54,8 @@ from vtss_lightning import TabularDataModule, VTSSCallback  # noqa: E402
 from vtss_lightning.generators import JitterGenerator  # noqa: E402
 from vtss_lightning.models import TabularClassifier  # noqa: E402
 
-#: PAPER.md experiment 2 (100 repetitions; γ relative to the 4000/200 design's gap).
+#: Ma & Zhang, arXiv 2601.16120, experiment 2 (100 repetitions; γ relative to the
+#: 4000/200 design's gap).
 PUBLISHED = {
     "none": 0.158,
     "balance": 0.1285,

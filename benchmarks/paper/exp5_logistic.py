@@ -1,7 +1,7 @@
 """Paper experiment 5, logistic variant: local symmetry under the log loss.
 
-Design (PAPER.md exp. 5, logistic variant): X = ∓μ + ξ, d = 20, ‖μ‖ = 1
-(μ = ones/√d), n = 5,000 with n1 = 560 minority rows (n0 = 4,440); ξ ~ N(0, I) (the
+Design (Ma & Zhang, arXiv 2601.16120, exp. 5, logistic variant): X = ∓μ + ξ, d = 20,
+‖μ‖ = 1 (μ = ones/√d), n = 5,000 with n1 = 560 minority rows (n0 = 4,440); ξ ~ N(0, I) (the
 paper does not name the noise law of this variant). Model: logistic regression
 without intercept (``TabularClassifier(fit_intercept=False)``, L-BFGS, no penalty). With
 symmetric noise and no intercept the balanced log-loss risk equals the minority
@@ -60,7 +60,7 @@ GENERATORS = {
     "smote": lambda: SMOTEGenerator(k_neighbors=5),
     "gaussian": lambda: GaussianGenerator(shrinkage=0.1),
 }
-#: PAPER.md exp. 5, logistic variant.
+#: Ma & Zhang, arXiv 2601.16120, exp. 5, logistic variant.
 PUBLISHED = {"none": 0.0061, "smote": 0.017, "gaussian": 0.013}
 RISK_DRAWS = 400_000
 #: Written after the committed run (see the table); revisit after a new full run.

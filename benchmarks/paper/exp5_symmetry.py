@@ -1,7 +1,7 @@
 """Paper experiment 5 (local symmetry): realistic generators only hurt.
 
-Design (PAPER.md exp. 5): X = ∓μ + ξ (class 0 at −μ, class 1 at +μ), d = 20,
-‖μ‖ = 1 (μ = 1/√d · ones), n0 = 2,000, n1 = 100; ξ symmetric with identity covariance:
+Design (Ma & Zhang, arXiv 2601.16120, exp. 5): X = ∓μ + ξ (class 0 at −μ, class 1 at
++μ), d = 20, ‖μ‖ = 1 (μ = 1/√d · ones), n0 = 2,000, n1 = 100; ξ symmetric with identity covariance:
 uniform cube [−√3, √3]^d, Rademacher ±1, uniform on the sphere of radius √d. Model:
 linear, no intercept, ±1-coded squared loss (see ``pm_squared_classifier``). The
 balanced risk is analytic, R(θ) = (1 − θᵀμ)² + ‖θ‖² (±1 units), optimum θ* = μ/2,
@@ -67,7 +67,7 @@ D, N0, N1 = 20, 2000, 100
 RATIOS = [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0]
 NOISES = ("cube", "rademacher", "sphere")
 GENERATORS = ("oracle", "smote", "gaussian")
-#: PAPER.md exp. 5 (no noise-law breakdown published).
+#: Ma & Zhang, arXiv 2601.16120, exp. 5 (no noise-law breakdown published).
 PUBLISHED = {"none": 4.5e-3, "oracle": 1e-3, "smote": 9e-2, "gaussian": 5.5e-2}
 
 

@@ -49,13 +49,13 @@ from _common import (  # noqa: E402
 )
 
 from vtss_lightning import TabularDataModule, VTSSCallback  # noqa: E402
+from vtss_lightning.baselines import tune_class_weight  # noqa: E402
 from vtss_lightning.generators import (  # noqa: E402
     JitterGenerator,
     RandomOversampler,
     SMOTEGenerator,
 )
 from vtss_lightning.models import TabularClassifier  # noqa: E402
-from vtss_lightning.search import tune_class_weight  # noqa: E402
 from vtss_lightning.search.objective import balanced_loss  # noqa: E402
 from vtss_lightning.search.strategies import RetrainScorer, TrainerSettings  # noqa: E402
 
@@ -85,8 +85,8 @@ NOTE = (
     "-VTSS's generator-quality score rated SMOTE realistic (GQS 1–4), and the realist"
     "ic grid (0.8–1.2 × balance and the theory target) does not contain 0, so TG-VTSS"
     " cannot fall back to no augmentation and lands at 2.19. That is a property of th"
-    "e TG grid as PAPER.md specifies it; the plain grid (which includes 0) is the saf"
-    "er default."
+    "e TG grid as Ma & Zhang (arXiv 2601.16120) specify it; the plain grid (which inc"
+    "ludes 0) is the safer default."
 )
 GRID = [0.0, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0]
 

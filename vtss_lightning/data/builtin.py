@@ -1,8 +1,8 @@
 """Built-in datasets that need no download.
 
 They give the examples, configs and tests something real to run on offline, and the
-two ``paper_*`` simulations reproduce the end-to-end experiments of the VTSS paper
-(``reference/PAPER.md``, experiments 1 and 2), so the published curves can be checked.
+two ``paper_*`` simulations reproduce the end-to-end experiments 1 and 2 of the VTSS
+paper (Ma & Zhang, arXiv 2601.16120), so the published curves can be checked.
 """
 
 from __future__ import annotations

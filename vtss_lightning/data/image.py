@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vtss_lightning.data.datamodule import IdentityPreprocessor, SyntheticAugmentationDataModule
+from vtss_lightning.data.datamodule import SyntheticAugmentationDataModule
 from vtss_lightning.data.image_augment import RealRowAugmentedBatches, resolve_transform
 from vtss_lightning.data.image_sources import (
     IMAGE_DATASETS,
@@ -19,43 +19,11 @@ from vtss_lightning.data.image_sources import (
     to_image_tensor,
 )
 from vtss_lightning.data.loaders import TensorBatches
-from vtss_lightning.data.schema import FeatureSchema
+from vtss_lightning.data.preprocessing import ImagePreprocessor
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.generators.base import SyntheticGenerator
 
 __all__ = ["ImageDataModule", "ImagePreprocessor"]
-
-
-class ImagePreprocessor(IdentityPreprocessor):
-    """Flattens ``(N, C, H, W)`` images in ``[0, 1]`` to rows; the schema keeps the shape.
-
-    Pixels are not standardised: generators and the sample grid work in pixel space,
-    and the classifier normalises internally (batch norm).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.image_shape: tuple[int, int, int] | None = None
-
-    def fit(self, x: torch.Tensor) -> ImagePreprocessor:
-        if x.ndim != 4:
-            raise VTSSError(f"images must have shape (N, C, H, W), got {tuple(x.shape)}")
-        self.image_shape = tuple(int(s) for s in x.shape[1:])
-        self.schema = FeatureSchema.image(*self.image_shape)
-        return self
-
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
-        if self.image_shape is not None:
-            c, h, w = self.image_shape
-            ok = tuple(x.shape[1:]) == self.image_shape if x.ndim == 4 else None
-            if x.ndim == 2:
-                ok = x.shape[1] == c * h * w
-            if not ok:
-                raise VTSSError(
-                    f"images of shape {tuple(x.shape[1:])} do not match the training images "
-                    f"{self.image_shape}; resize them to the same shape"
-                )
-        return super().transform(x)
 
 
 class ImageDataModule(SyntheticAugmentationDataModule):

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from vtss_lightning._random import AUGMENT_BATCH_SALT, AUGMENT_PASS_SALT, derive_seed
 from vtss_lightning.data.loaders import TensorBatches
 from vtss_lightning.errors import VTSSError
 
@@ -133,7 +134,8 @@ class RealRowAugmentedBatches(TensorBatches):
             x, y, real = x[order], y[order], real[order]
         for b, start in enumerate(range(0, n, self.batch_size)):
             stop = start + self.batch_size
-            seed = (self.seed * 1_000_003 + this_pass * 10_007 + b) % (2**63)
+            batch = derive_seed(this_pass, AUGMENT_BATCH_SALT, b)
+            seed = derive_seed(self.seed, AUGMENT_PASS_SALT, batch) % (2**63)
             yield self._augment(x[start:stop], real[start:stop], seed), y[start:stop]
 
     def _augment(self, xb: torch.Tensor, real: torch.Tensor, seed: int) -> torch.Tensor:

@@ -1,4 +1,8 @@
-"""Batches sliced from device-resident tensors, without per-item Python."""
+"""Batches sliced from device-resident tensors, without per-item Python.
+
+Training loaders reshuffle per pass from their own seed; evaluation loaders keep the
+order and read :data:`~vtss_lightning._random.EVAL_CHUNK_ROWS` rows at a time.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,16 @@ from collections.abc import Iterator
 
 import torch
 
+from vtss_lightning._random import EVAL_CHUNK_ROWS
+
 
 class TensorBatches:
     """An iterable of ``(x, y)`` batches sliced from tensors already on the device.
 
-    ``DataLoader(TensorDataset)`` collates item by item, about 3x slower per step on
-    small models (see ECOSYSTEM.md); slicing one permutation per epoch keeps the hot
-    path to a single index operation. Each pass reshuffles with ``seed + pass`` so runs
-    repeat exactly regardless of the global RNG.
+    ``DataLoader(TensorDataset)`` collates item by item in Python, which costs more
+    than a training step of a small model; slicing one permutation per epoch keeps
+    the hot path to a single index operation. Each pass reshuffles with
+    ``seed + pass`` so runs repeat exactly regardless of the global RNG.
 
     Parameters
     ----------
@@ -62,3 +68,26 @@ class TensorBatches:
         x, y = (self.x, self.y) if order is None else (self.x[order], self.y[order])
         for start in range(0, n, self.batch_size):
             yield x[start : start + self.batch_size], y[start : start + self.batch_size]
+
+
+def eval_batches(x: torch.Tensor, y: torch.Tensor) -> TensorBatches:
+    """Unshuffled batches for validation and test: big enough to be fast, small enough to fit."""
+    return TensorBatches(x, y, batch_size=EVAL_CHUNK_ROWS, shuffle=False)
+
+
+class FeatureBatches:
+    """Unshuffled feature-only batches, for ``trainer.predict``.
+
+    A module's default ``predict_step`` calls ``self(batch)``, so predict batches hold
+    the features alone.
+    """
+
+    def __init__(self, x: torch.Tensor, batch_size: int = EVAL_CHUNK_ROWS) -> None:
+        self.x, self.batch_size = x, int(batch_size)
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for start in range(0, len(self.x), self.batch_size):
+            yield self.x[start : start + self.batch_size]

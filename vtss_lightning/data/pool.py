@@ -1,12 +1,51 @@
-"""The synthetic pool: drawn once per class at the largest size, read by prefixes."""
+"""The synthetic pool: drawn once per class at the largest size, read by prefixes.
+
+:class:`PoolBuilder` fits one generator per class on a split's training rows,
+samples it, and checks what comes back (count, width, finiteness) before a row can
+reach a model; :class:`SyntheticPool` keeps the draw and serves its prefixes.
+"""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
+import numpy as np
+import pandas as pd
 import torch
 
+from vtss_lightning._random import (
+    GENERATOR_FIT_SALT,
+    GENERATOR_SAMPLE_SALT,
+    derive_seed,
+    round_half_up,
+)
+from vtss_lightning.data.features import Features, as_frame, take_rows
 from vtss_lightning.errors import VTSSError
+from vtss_lightning.generators.base import Rows, SyntheticGenerator
+
+if TYPE_CHECKING:
+    from vtss_lightning.data.split import PreparedSplit
+
+
+def ratio_to_sizes(ratio: float, gaps: Mapping[int, int]) -> dict[int, int]:
+    """Per-class synthetic sizes ``round(ratio * gap_k)`` (halves round up)."""
+    if ratio < 0 or not np.isfinite(ratio):
+        raise VTSSError(f"synthetic ratio must be a finite number >= 0, got {ratio}")
+    return {k: round_half_up(ratio * g) for k, g in gaps.items() if g > 0}
+
+
+def check_sizes(sizes: Mapping[int, int], num_classes: int) -> dict[int, int]:
+    """``sizes`` as ``{class index: rows}`` of ints, each index valid and each size >= 0."""
+    clean: dict[int, int] = {}
+    for k, m in sizes.items():
+        if not 0 <= int(k) < num_classes:
+            raise VTSSError(f"class index {k} out of range for {num_classes} classes")
+        if int(m) < 0:
+            raise VTSSError(f"synthetic size for class {k} must be >= 0, got {m}")
+        clean[int(k)] = int(m)
+    return clean
 
 
 class SyntheticPool:
@@ -56,3 +95,129 @@ class SyntheticPool:
 
     def to(self, device: torch.device) -> SyntheticPool:
         return SyntheticPool({k: v.to(device) for k, v in self.rows.items()})
+
+
+class PoolBuilder:
+    """Fits a split's generators (one copy of the template per class) and draws its pool.
+
+    The fitted generators and the pool are kept on the split (they belong to its
+    training rows); the builder holds what every split shares. Class ``k``'s
+    generator is fitted with seed ``derive_seed(seed, GENERATOR_FIT_SALT, k)`` and
+    sampled with ``derive_seed(seed, GENERATOR_SAMPLE_SALT, k)``; rows are drawn on
+    the device of the split's tensors.
+
+    Parameters
+    ----------
+    generator
+        Template generator, deep-copied for every fit.
+    features
+        Raw development features; frame generators are fitted on these rows.
+    classes
+        Class labels by index, for messages.
+    seed
+        The DataModule's seed.
+    """
+
+    def __init__(
+        self, generator: SyntheticGenerator, features: Features, classes: np.ndarray, seed: int
+    ) -> None:
+        self.generator = generator
+        self.features = features
+        self.classes = classes
+        self.seed = seed
+
+    def prepare(self, split: PreparedSplit, sizes: Mapping[int, int]) -> SyntheticPool:
+        """Fit the generators (once per split) and draw the pool at ``sizes``.
+
+        The draw is reused while it covers the requested sizes; a larger request draws
+        anew, so a search must prepare its largest candidate before any candidate.
+        """
+        if split.pool.covers(sizes):
+            return split.pool
+        rows: dict[int, torch.Tensor] = {}
+        for k, m in sorted(sizes.items()):
+            if m <= 0:
+                continue
+            generator = split.generators.get(k) or self._fit_class(split, k)
+            split.generators[k] = generator
+            where = f" for class {self.classes[k]!r}"
+            seed = derive_seed(self.seed, GENERATOR_SAMPLE_SALT, k)
+            rows[k] = self.sample(split, generator, m, seed, where)
+        split.pool = SyntheticPool(rows)
+        return split.pool
+
+    def _fit_class(self, split: PreparedSplit, k: int) -> SyntheticGenerator:
+        """Class ``k``'s generator, fitted on all its training rows with its own seed."""
+        positions = torch.nonzero(split.y_train.cpu() == k).flatten().numpy()
+        where = f"class {self.classes[k]!r} after the split"
+        return self.fit_generator(
+            split, positions, derive_seed(self.seed, GENERATOR_FIT_SALT, k), where
+        )
+
+    def fit_generator(
+        self, split: PreparedSplit, positions: np.ndarray, seed: int, where: str
+    ) -> SyntheticGenerator:
+        """A fresh copy of the template generator fitted on some of ``split``'s training rows.
+
+        ``positions`` index ``split.x_train``; frame generators get the same rows raw.
+        ``where`` names the rows in the error raised when there are too few of them.
+        """
+        generator = copy.deepcopy(self.generator).to(split.x_train.device)
+        if generator.input_kind == "frame":
+            rows = as_frame(take_rows(self.features, split.train_index[positions]))
+        else:
+            rows = split.x_train[torch.as_tensor(positions, device=split.x_train.device)]
+        if len(rows) < generator.min_rows:
+            raise VTSSError(
+                f"{where}: {len(rows)} training row(s), but {generator.name} needs at least "
+                f"{generator.min_rows}"
+            )
+        return generator.fit(rows, split.preprocessor.schema, seed=seed)
+
+    def sample(
+        self,
+        split: PreparedSplit,
+        generator: SyntheticGenerator,
+        m: int,
+        seed: int,
+        where: str = "",
+    ) -> torch.Tensor:
+        """``m`` rows from ``generator``, encoded like ``split`` and checked (shape, finite).
+
+        ``where`` (e.g. ``" for class 'pos'"``) is added to the generator's name in
+        the error raised when the rows are unusable.
+        """
+        try:
+            rows = generator.sample(m, generator_seed=seed)
+        except VTSSError as exc:
+            raise VTSSError(f"{exc} (sampling{where})") from None
+        who = f"{generator.name}{where}"
+        rows = self._encode(split, rows, who)
+        if rows.ndim == 0 or len(rows) != m:
+            n = len(rows) if rows.ndim else 0
+            raise VTSSError(f"{who} returned {n} rows when {m} were asked for")
+        rows = rows.reshape(m, -1).to(split.x_train.device)
+        mask = split.preprocessor.column_mask
+        if mask is not None and rows.shape[1] == len(mask):  # categories absent in training
+            rows = rows * mask.to(rows.device)
+        width = split.x_train.shape[1]
+        if rows.shape != (m, width):
+            raise VTSSError(
+                f"{who} returned rows of shape {tuple(rows.shape)}, expected ({m}, {width})"
+            )
+        if not torch.isfinite(rows).all():
+            raise VTSSError(f"{who} returned non-finite values (NaN or ±inf)")
+        return rows
+
+    @staticmethod
+    def _encode(split: PreparedSplit, rows: Rows, who: str) -> torch.Tensor:
+        """Sampled rows as float32 tensor rows; a frame goes through the split's preprocessing."""
+        if isinstance(rows, pd.DataFrame):
+            missing = [c for c in split.preprocessor.columns if c not in rows.columns]
+            if missing:
+                raise VTSSError(f"{who} returned rows without column(s) {missing[:5]}")
+            try:
+                rows = split.preprocessor.transform(rows)
+            except VTSSError as exc:
+                raise VTSSError(f"{who} returned unusable rows: {exc}") from None
+        return torch.as_tensor(rows, dtype=torch.float32)

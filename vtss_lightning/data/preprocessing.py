@@ -1,6 +1,13 @@
-"""Leakage-safe preprocessing: fitted on training rows, applied to every split."""
+"""Leakage-safe preprocessing: fitted on training rows, applied to every split.
+
+Every preprocessing honours one contract, :class:`Preprocessor`: tensors and images
+are flattened (:class:`IdentityPreprocessor`, :class:`ImagePreprocessor`), tables
+imputed, scaled and one-hot encoded (:class:`TabularPreprocessor`).
+"""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -8,88 +15,105 @@ import torch
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import StandardScaler
 
+from vtss_lightning.data.columns import category_pipeline, check_no_inf, check_numbers
+from vtss_lightning.data.features import Features
 from vtss_lightning.data.schema import FeatureSchema
 from vtss_lightning.errors import VTSSError
 
-#: A text column whose values are at least this share numbers is a numeric column
-#: with a few unparseable entries (``"?"``, ``"n/a"``, ``"1,5"``), not a category.
-NUMERIC_SHARE = 0.8
 
+class Preprocessor(Protocol):
+    """What the DataModule, its splits and its pool builder use of a preprocessing.
 
-def infer_categorical(frame: pd.DataFrame, categorical: list[str] | None = None) -> list[str]:
-    """Columns treated as categorical: the given list, else every non-numeric column.
+    Fitted on one split's training rows (:meth:`fit`), then applied to every row that
+    reaches a model or a tensor generator (:meth:`transform`): validation and test
+    rows never inform it.
 
-    A numeric column must hold numbers only: a listed ``categorical`` makes every
-    other column numeric, and an unlisted text column that is mostly numbers is taken
-    for a numeric column with typos. Either way an unparseable value is a
-    ``VTSSError`` naming the column and the values, not a silent one-hot encoding.
+    Attributes
+    ----------
+    schema
+        Layout of the encoded matrix, set by :meth:`fit`.
+    columns
+        Raw feature columns that :meth:`transform` reads (empty for tensors); a frame
+        generator's samples must have every one of them.
+    imputed_columns
+        Raw columns with missing values in the training rows (filled by imputation).
+    column_mask
+        ``1`` per encoded column the training rows use and ``0`` for the others
+        (categories absent from the split), or ``None`` when all are used.
     """
-    if categorical is not None:
-        missing = [c for c in categorical if c not in frame.columns]
-        if missing:
-            raise VTSSError(f"categorical column(s) {missing} not found in the data")
-        for c in frame.columns:
-            if c not in categorical:
-                _check_numbers(frame[c], c, share=0.0)
-        return list(categorical)
-    out = []
-    for c in frame.columns:
-        col = frame[c]
-        if pd.api.types.is_bool_dtype(col):
-            out.append(c)
-        elif not pd.api.types.is_numeric_dtype(col):
-            _check_numbers(col, c, share=NUMERIC_SHARE)
-            out.append(c)
-    return out
+
+    schema: FeatureSchema | None
+    columns: list[str]
+    imputed_columns: list[str]
+
+    @property
+    def column_mask(self) -> torch.Tensor | None: ...
+
+    def fit(self, x: Features) -> Preprocessor: ...
+
+    def transform(self, x: Features) -> torch.Tensor: ...
 
 
-def _check_numbers(col: pd.Series, name: str, share: float) -> None:
-    """Raise when ``col`` is (at least ``share``) numbers but some values are not."""
-    if pd.api.types.is_numeric_dtype(col):
-        return
-    present = col.dropna()
-    if len(present) == 0:
-        return
-    parsed = pd.to_numeric(present.astype(str).str.strip(), errors="coerce")
-    bad = present[parsed.isna()]
-    if len(bad) and (share == 0.0 or 1 - len(bad) / len(present) >= share):
-        examples = ", ".join(repr(v) for v in pd.unique(bad)[:3])
-        raise VTSSError(
-            f"numeric column {name!r} has {len(bad)} value(s) that are not numbers "
-            f"(e.g. {examples}); fix or blank them, or list the column in categorical="
-        )
+class IdentityPreprocessor:
+    """Flattens tensors to float32 rows; the preprocessing of already-numeric data."""
 
+    def __init__(self) -> None:
+        self.schema: FeatureSchema | None = None
+        self.columns: list[str] = []
+        self.imputed_columns: list[str] = []
 
-def _category_pipeline(categories) -> Pipeline:
-    return Pipeline(
-        [
-            ("impute", SimpleImputer(strategy="most_frequent", keep_empty_features=True)),
-            (
-                "onehot",
-                OneHotEncoder(categories=categories, handle_unknown="ignore", sparse_output=False),
-            ),
-        ]
-    )
-
-
-def category_layout(frame: pd.DataFrame, categorical: list[str]) -> list[list] | None:
-    """Category names of each categorical column over ``frame`` (names only, no statistics)."""
-    if not categorical:
+    @property
+    def column_mask(self) -> torch.Tensor | None:
+        """Always ``None``: every column of numeric data is used."""
         return None
-    text = pd.DataFrame(
-        {c: frame[c].map(lambda v: v if pd.isna(v) else str(v)).astype(object) for c in categorical}
-    )
-    encoder = _category_pipeline("auto").fit(text).named_steps["onehot"]
-    return [list(cats) for cats in encoder.categories_]
+
+    def fit(self, x: Features) -> IdentityPreprocessor:
+        self.schema = FeatureSchema.all_numeric(self.transform(x).shape[1])
+        return self
+
+    def transform(self, x: Features) -> torch.Tensor:
+        if isinstance(x, pd.DataFrame):
+            x = torch.as_tensor(x.to_numpy(dtype=np.float32))
+        x = x.reshape(len(x), -1).to(torch.float32)
+        if not torch.isfinite(x).all():
+            raise VTSSError(
+                "features contain NaN or ±inf values; clean them or use TabularDataModule"
+            )
+        return x
 
 
-def _check_no_inf(frame: pd.DataFrame, numeric: list[str]) -> None:
-    for col in numeric:
-        values = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=np.float64)
-        if np.isinf(values).any():
-            raise VTSSError(f"column {col!r} contains ±inf values; replace them or drop the rows")
+class ImagePreprocessor(IdentityPreprocessor):
+    """Flattens ``(N, C, H, W)`` images in ``[0, 1]`` to rows; the schema keeps the shape.
+
+    Pixels are not standardised: generators and the sample grid work in pixel space,
+    and the classifier normalises internally (batch norm).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image_shape: tuple[int, int, int] | None = None
+
+    def fit(self, x: torch.Tensor) -> ImagePreprocessor:
+        if x.ndim != 4:
+            raise VTSSError(f"images must have shape (N, C, H, W), got {tuple(x.shape)}")
+        self.image_shape = tuple(int(s) for s in x.shape[1:])
+        self.schema = FeatureSchema.image(*self.image_shape)
+        return self
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        if self.image_shape is not None:
+            c, h, w = self.image_shape
+            ok = tuple(x.shape[1:]) == self.image_shape if x.ndim == 4 else None
+            if x.ndim == 2:
+                ok = x.shape[1] == c * h * w
+            if not ok:
+                raise VTSSError(
+                    f"images of shape {tuple(x.shape[1:])} do not match the training images "
+                    f"{self.image_shape}; resize them to the same shape"
+                )
+        return super().transform(x)
 
 
 class TabularPreprocessor:
@@ -130,7 +154,7 @@ class TabularPreprocessor:
         self.columns = list(frame.columns)
         numeric = [c for c in self.columns if c not in self.categorical]
         self._numeric = numeric
-        _check_no_inf(frame, numeric)
+        check_no_inf(frame, numeric)
         self.imputed_columns = [c for c in self.columns if frame[c].isna().any()]
         num_steps: list = [("impute", SimpleImputer(strategy="median", keep_empty_features=True))]
         if self.scale:
@@ -139,7 +163,7 @@ class TabularPreprocessor:
         self._transformer = ColumnTransformer(
             [
                 ("num", Pipeline(num_steps), numeric),
-                ("cat", _category_pipeline(categories), self.categorical),
+                ("cat", category_pipeline(categories), self.categorical),
             ],
             remainder="drop",
             verbose_feature_names_out=False,
@@ -161,7 +185,7 @@ class TabularPreprocessor:
     def transform(self, frame: pd.DataFrame) -> torch.Tensor:
         if self._transformer is None:
             raise VTSSError("preprocessor used before fit()")
-        _check_no_inf(frame, self._numeric)  # validation and test rows too
+        check_no_inf(frame, self._numeric)  # validation and test rows too
         out = self._transformer.transform(self._as_input(frame[self.columns]))
         out = torch.as_tensor(np.asarray(out, dtype=np.float32))
         return out if self._mask is None else out * self._mask
@@ -170,7 +194,7 @@ class TabularPreprocessor:
         frame = frame.copy()
         for col in self._numeric:
             if not pd.api.types.is_numeric_dtype(frame[col]):  # numbers read as text
-                _check_numbers(frame[col], col, share=0.0)
+                check_numbers(frame[col], col, share=0.0)
                 frame[col] = pd.to_numeric(frame[col], errors="coerce")
         for col in self.categorical:
             frame[col] = frame[col].map(lambda v: v if pd.isna(v) else str(v)).astype(object)

@@ -1,13 +1,22 @@
-"""One train/validation split, encoded, with its generators and synthetic pool."""
+"""Train/validation splits: the hold-out, K-fold folds, and one encoded split's state.
+
+Every split is stratified and seeded, and checked so that each class keeps rows on
+both sides (a class missing from validation makes its loss undefined).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from sklearn.model_selection import RepeatedStratifiedKFold, train_test_split
 
+from vtss_lightning.data.features import Features, take_rows
 from vtss_lightning.data.pool import SyntheticPool
+from vtss_lightning.data.preprocessing import Preprocessor
+from vtss_lightning.errors import VTSSError
 from vtss_lightning.generators.base import SyntheticGenerator
 
 
@@ -33,7 +42,7 @@ class PreparedSplit:
     y_train: torch.Tensor
     x_val: torch.Tensor
     y_val: torch.Tensor
-    preprocessor: object
+    preprocessor: Preprocessor
     num_classes: int
     generators: dict[int, SyntheticGenerator] = field(default_factory=dict)
     pool: SyntheticPool = field(default_factory=lambda: SyntheticPool({}))
@@ -55,3 +64,78 @@ class PreparedSplit:
         for name in ("x_train", "y_train", "x_val", "y_val"):
             setattr(self, name, getattr(self, name).to(device))
         self.pool = self.pool.to(device)
+
+
+def prepare_split(
+    name: str,
+    x: Features,
+    y: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    make_preprocessor: Callable[[Features], Preprocessor],
+    num_classes: int,
+    device: torch.device,
+) -> PreparedSplit:
+    """Fit the preprocessing on the training rows only and encode both sides on ``device``."""
+    x_train_raw = take_rows(x, train_idx)
+    preprocessor = make_preprocessor(x_train_raw)
+    return PreparedSplit(
+        name=name,
+        train_index=train_idx,
+        val_index=val_idx,
+        x_train=preprocessor.transform(x_train_raw).to(device),
+        y_train=torch.as_tensor(y[train_idx]).to(device),
+        x_val=preprocessor.transform(take_rows(x, val_idx)).to(device),
+        y_val=torch.as_tensor(y[val_idx]).to(device),
+        preprocessor=preprocessor,
+        num_classes=num_classes,
+    )
+
+
+def holdout_indices(
+    y: np.ndarray, classes: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted train and validation positions of a stratified, seeded hold-out split."""
+    num_classes = len(classes)
+    counts = np.bincount(y, minlength=num_classes)
+    for k, n in enumerate(counts):
+        if n < 2:
+            raise VTSSError(
+                f"class {classes[k]!r} has {n} row(s); each class needs at least 2 "
+                "(one for training, one for validation)"
+            )
+    n_val = int(np.ceil(val_fraction * len(y)))
+    if min(n_val, len(y) - n_val) < num_classes:
+        raise VTSSError(
+            f"val_fraction={val_fraction} puts {n_val} of {len(y)} rows into validation, "
+            f"but each of the {num_classes} classes needs a row on both sides; "
+            "change val_fraction"
+        )
+    train_idx, val_idx = train_test_split(
+        np.arange(len(y)), test_size=val_fraction, stratify=y, random_state=seed
+    )
+    missing = set(range(num_classes)) - set(y[val_idx].tolist())
+    if missing:
+        names = [classes[k] for k in sorted(missing)]
+        raise VTSSError(
+            f"the validation split has no rows of class(es) {names}; raise val_fraction "
+            "or use folds= on the VTSSCallback"
+        )
+    return np.sort(train_idx), np.sort(val_idx)
+
+
+def stratified_folds(
+    y: np.ndarray, classes: np.ndarray, folds: int, repeats: int, seed: int
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Stratified (repeated) K-fold over ``y``: ``("fold r.k", train, val)`` per fold."""
+    counts = np.bincount(y, minlength=len(classes))
+    if folds < 2:
+        raise VTSSError(f"folds must be >= 2, got {folds}")
+    if counts.min() < folds:
+        k = int(counts.argmin())
+        raise VTSSError(
+            f"class {classes[k]!r} has {counts[k]} rows, fewer than folds={folds}; use fewer folds"
+        )
+    splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
+    for i, (tr, va) in enumerate(splitter.split(np.zeros(len(y)), y)):
+        yield f"fold {i // folds + 1}.{i % folds + 1}", tr, va

@@ -5,12 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from vtss_lightning.data.columns import category_layout, infer_categorical
 from vtss_lightning.data.datamodule import SyntheticAugmentationDataModule
-from vtss_lightning.data.preprocessing import (
-    TabularPreprocessor,
-    category_layout,
-    infer_categorical,
-)
+from vtss_lightning.data.preprocessing import TabularPreprocessor
 from vtss_lightning.data.sources import check_table_path, read_table, split_target
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.generators.base import SyntheticGenerator

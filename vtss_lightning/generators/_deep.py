@@ -1,10 +1,10 @@
 """Training loop shared by the deep tensor generators (VAE, diffusion); not public API.
 
-One place for what every deep generator needs: an isolated, seeded RNG; a fixed
-budget of optimizer steps (or epochs); AdamW with warm-up and cosine decay;
-mixed precision on CUDA; an optional exponential moving average of the weights;
-progress lines; and chunked sampling so a large pool never holds every
-activation at once.
+One place for what every deep generator needs: a fixed budget of optimizer steps
+(or epochs); AdamW with warm-up and cosine decay; mixed precision on CUDA; an
+optional exponential moving average of the weights; progress lines; and chunked
+sampling so a large pool never holds every activation at once. Fits run inside
+:func:`vtss_lightning._random.seeded`, so they depend on their seed only.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import contextlib
 import logging
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -25,6 +25,18 @@ from vtss_lightning.generators._common import check_float, check_int
 _LOGGER = logging.getLogger("vtss_lightning.generators")
 
 PRECISIONS = ("auto", "32", "bf16", "16")
+#: ``__init__`` parameters every deep generator stores and :class:`TrainSettings` holds
+#: (the diffusion model adds ``ema``).
+TRAIN_PARAMS = (
+    "steps",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "precision",
+    "verbose",
+    "log_every",
+)
 
 
 @dataclass(frozen=True)
@@ -122,17 +134,55 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-@contextlib.contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Run the block with torch's global RNGs seeded by ``seed``, then restore them.
+class _Optimiser:
+    """AdamW with a 5 % linear warm-up and cosine decay to 10 % of ``lr``, gradient
+    norm clipped at 1, a gradient scaler for fp16, and an optional weight EMA."""
 
-    Weight initialisation and training noise use the global RNG; forking it keeps
-    the user's own random stream untouched and makes a fit depend on ``seed`` only.
-    """
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, device_type=device.type):
-        torch.manual_seed(int(seed))
-        yield
+    def __init__(
+        self, net: nn.Module, settings: TrainSettings, total_steps: int, dtype: torch.dtype | None
+    ) -> None:
+        self.scaler = torch.amp.GradScaler("cuda") if dtype is torch.float16 else None
+        self.params = [p for p in net.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(
+            self.params, lr=settings.lr, weight_decay=settings.weight_decay
+        )
+        warmup = max(1, total_steps // 20)
+
+        def lr_at(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            frac = (step - warmup) / max(1, total_steps - warmup)
+            return 0.1 + 0.45 * (1.0 + math.cos(math.pi * frac))
+
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_at)
+        self.ema_decay = settings.ema
+        self.ema = [p.detach().clone() for p in self.params] if settings.ema > 0 else None
+
+    def step(self, loss: torch.Tensor, step: int) -> None:
+        """One update from ``loss`` (then the schedule and the moving average)."""
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.params, 1.0)
+            self.opt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+            nn.utils.clip_grad_norm_(self.params, 1.0)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        self.sched.step()
+        if self.ema is not None:
+            decay = min(self.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1.0 - decay)
+
+    def finish(self) -> None:
+        """Leave the weights at their moving average, when there is one."""
+        if self.ema is not None:
+            with torch.no_grad():
+                for p, e in zip(self.params, self.ema, strict=True):
+                    p.copy_(e)
 
 
 def fit_net(
@@ -146,31 +196,19 @@ def fit_net(
 ) -> list[tuple[int, float]]:
     """Minimise ``loss_fn(batch)`` over minibatches of the rows ``x``.
 
-    Call inside :func:`seeded`. Batches are slices of one random permutation per pass
-    (drawn from a CPU generator seeded by ``seed``). AdamW with a 5 % linear warm-up
-    and cosine decay to 10 % of ``lr``; gradient norm clipped at 1. With
-    ``settings.ema > 0`` the weights end as their exponential moving average (what
-    diffusion models sample with). Returns ``(step, mean loss since last record)``
-    every ``log_every`` steps and at the end; with ``verbose`` each is also printed.
+    Call inside :func:`vtss_lightning._random.seeded`. Batches are slices of one
+    random permutation per pass (drawn from a CPU generator seeded by ``seed``);
+    updates by :class:`_Optimiser`. With ``settings.ema > 0`` the weights end as
+    their exponential moving average (what diffusion models sample with). Returns
+    ``(step, mean loss since last record)`` every ``log_every`` steps and at the
+    end; with ``verbose`` each is also printed.
     """
     device = x.device
     n = x.shape[0]
     assert settings.batch_size is not None and settings.lr is not None, "call resolved() first"
     batch = min(settings.batch_size, n)
     dtype = autocast_dtype(device, settings.precision)
-    scaler = torch.amp.GradScaler("cuda") if dtype is torch.float16 else None
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    warmup = max(1, total_steps // 20)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        frac = (step - warmup) / max(1, total_steps - warmup)
-        return 0.1 + 0.45 * (1.0 + math.cos(math.pi * frac))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    ema = [p.detach().clone() for p in params] if settings.ema > 0 else None
+    optimiser = _Optimiser(net, settings, total_steps, dtype)
     order = torch.Generator().manual_seed(int(seed))
     perm = torch.randperm(n, generator=order).to(device)
     pos, history, running, since = 0, [], torch.zeros((), device=device), 0
@@ -182,22 +220,7 @@ def fit_net(
         pos += batch
         with autocast(device, dtype):
             loss = loss_fn(xb)
-        opt.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(params, 1.0)
-            scaler.step(opt)
-            scaler.update()
-        sched.step()
-        if ema is not None:
-            decay = min(settings.ema, (1 + step) / (10 + step))
-            with torch.no_grad():
-                torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)
+        optimiser.step(loss, step)
         running += loss.detach().float()
         since += 1
         if (step + 1) % settings.log_every == 0 or step + 1 == total_steps:
@@ -210,10 +233,7 @@ def fit_net(
             history.append((step + 1, mean))
             _report(name, step + 1, total_steps, mean, settings.verbose)
             running, since = torch.zeros((), device=device), 0
-    if ema is not None:
-        with torch.no_grad():
-            for p, e in zip(params, ema, strict=True):
-                p.copy_(e)
+    optimiser.finish()
     net.eval()
     return history
 

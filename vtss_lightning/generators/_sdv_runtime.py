@@ -1,4 +1,4 @@
-"""Runtime plumbing around SDV: sdtypes, quiet fits, seeding, in-process joblib.
+"""Runtime plumbing around SDV: sdtypes, quiet fits, sampling seeds, in-process joblib.
 
 Kept apart from the generator classes in :mod:`vtss_lightning.generators.sdv` so
 that the classes read as configuration and this file holds the SDV 2.0 workarounds.
@@ -7,7 +7,6 @@ that the classes read as configuration and this file holds the SDV 2.0 workaroun
 from __future__ import annotations
 
 import logging
-import random
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 #: Loggers SDV and its dependencies talk through (SDV's own are named by class).
 NOISY_LOGGERS = (
@@ -62,33 +60,6 @@ def quiet_sdv(enabled: bool) -> Iterator[None]:
         finally:
             for lg, level in zip(loggers, levels, strict=True):
                 lg.setLevel(level)
-
-
-@contextmanager
-def isolated_seed(seed: int, cuda: bool) -> Iterator[None]:
-    """Seed ``random``, ``numpy`` and ``torch`` for the block and restore them afterwards.
-
-    SDV seeds nothing during ``fit``; without this the same seed would give a
-    different model each time and the caller's global RNG streams would move.
-    """
-    py_state = random.getstate()
-    np_state = np.random.get_state()
-    torch_state = torch.get_rng_state()
-    cuda_states = torch.cuda.get_rng_state_all() if cuda else None
-    try:
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        if cuda:
-            torch.manual_seed(seed)
-        else:  # do not queue a lazy CUDA seed on machines that never use CUDA here
-            torch.default_generator.manual_seed(seed)
-        yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        torch.set_rng_state(torch_state)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)
 
 
 def in_process() -> Any:

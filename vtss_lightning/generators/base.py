@@ -1,9 +1,16 @@
-"""The generator contract every synthetic-data source honours."""
+"""The generator contract every synthetic-data source honours.
+
+Parameters follow scikit-learn's ``BaseEstimator``: every ``__init__`` argument is
+stored under its own name, so :meth:`SyntheticGenerator.get_params` and ``repr``
+come from the signature and never miss one (the search fingerprints a generator by
+its ``repr``).
+"""
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import pandas as pd
 import torch
@@ -91,5 +98,33 @@ class SyntheticGenerator(ABC):
     @abstractmethod
     def _sample(self, n: int, seed: int) -> Rows: ...
 
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        """Names of the ``__init__`` parameters, in signature order."""
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # drop self
+        for p in params:
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                raise TypeError(
+                    f"{cls.__name__}.__init__ must name its parameters (no *args or **kwargs) "
+                    "so that get_params() and repr can list them"
+                )
+        return [p.name for p in params]
+
+    def get_params(self) -> dict[str, Any]:
+        """The ``__init__`` parameters and their (validated) values, in signature order.
+
+        Each value is read from the attribute of the same name; a subclass must store
+        every parameter it takes, or this raises ``AttributeError`` naming it.
+        """
+        names = self._param_names()
+        missing = [n for n in names if not hasattr(self, n)]
+        if missing:
+            raise AttributeError(
+                f"{type(self).__name__} does not store __init__ parameter(s) {missing} "
+                "as attributes of the same name"
+            )
+        return {n: getattr(self, n) for n in names}
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"

@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
+from vtss_lightning._random import seeded
 from vtss_lightning.data.schema import FeatureSchema
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.generators._common import (
@@ -18,13 +19,14 @@ from vtss_lightning.generators._common import (
     project_one_hot,
 )
 from vtss_lightning.generators._deep import (
+    TRAIN_PARAMS,
+    TrainSettings,
     autocast,
     autocast_dtype,
     check_image_rows,
     column_scaler,
     fit_net,
     in_chunks,
-    seeded,
     train_settings,
 )
 from vtss_lightning.generators.base import SyntheticGenerator
@@ -138,7 +140,7 @@ class DiffusionGenerator(SyntheticGenerator):
     ) -> None:
         super().__init__()
         who = "DiffusionGenerator"
-        self.settings = train_settings(
+        s = train_settings(
             who,
             steps=steps,
             epochs=epochs,
@@ -150,6 +152,10 @@ class DiffusionGenerator(SyntheticGenerator):
             log_every=log_every,
             ema=ema,
         )
+        self.steps, self.epochs, self.batch_size, self.lr = s.steps, s.epochs, s.batch_size, s.lr
+        self.weight_decay, self.precision = s.weight_decay, s.precision
+        self.verbose, self.log_every = s.verbose, s.log_every
+        self.ema = s.ema
         self.width = None if width is None else check_int(who, "width", width, 1)
         self.timesteps = check_int(who, "timesteps", timesteps, 2)
         if schedule not in ("cosine", "linear"):
@@ -167,6 +173,13 @@ class DiffusionGenerator(SyntheticGenerator):
         #: ``(step, mean training loss)`` records of the last fit.
         self.loss_history_: list[tuple[int, float]] = []
 
+    @property
+    def settings(self) -> TrainSettings:
+        """The optimisation parameters, validated again (they may have been changed)."""
+        return train_settings(
+            "DiffusionGenerator", **{n: getattr(self, n) for n in TRAIN_PARAMS}, ema=self.ema
+        )
+
     # ----------------------------------------------------------------- fitting
 
     def _fit(self, x: torch.Tensor, schema: FeatureSchema | None, seed: int) -> None:
@@ -178,7 +191,8 @@ class DiffusionGenerator(SyntheticGenerator):
         kind = self.kind_
         settings = self.settings.resolved(DEFAULT_BATCH[kind], DEFAULT_LR[kind])
         steps = settings.total_steps(x.shape[0], DEFAULT_STEPS[kind])
-        with seeded(seed, device):
+        # off the CPU, torch.manual_seed must seed the accelerator (CUDA or MPS) too
+        with seeded(int(seed), cuda=device.type != "cpu"):
             z = self._build_image(x, schema) if self.kind_ == "image" else self._build_table(x)
             net, abar, T = self.net_, self._abar, self.timesteps
 
@@ -269,12 +283,3 @@ class DiffusionGenerator(SyntheticGenerator):
         num = self._num_idx.to(device)
         out[:, num] = z[:, num] * self._std.to(device) + self._mean.to(device)
         return project_one_hot(out, group_index(self._schema, device))
-
-    def __repr__(self) -> str:
-        s = self.settings
-        budget = f"epochs={s.epochs}" if s.epochs is not None else f"steps={s.steps}"
-        return (
-            f"DiffusionGenerator({budget}, width={self.width}, lr={s.lr}, "
-            f"timesteps={self.timesteps}, schedule={self.schedule!r}, "
-            f"sample_steps={self.sample_steps}, eta={self.eta})"
-        )

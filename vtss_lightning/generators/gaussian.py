@@ -79,9 +79,6 @@ class GaussianGenerator(SyntheticGenerator):
         out = torch.addmm(mean, z, chol.T)
         return project_one_hot(out, group_index(self._schema, device))
 
-    def __repr__(self) -> str:
-        return f"GaussianGenerator(shrinkage={self.shrinkage})"
-
 
 def _cholesky_with_jitter(cov: torch.Tensor) -> torch.Tensor:
     """Lower Cholesky factor of ``cov``, adding ``eps * I`` (growing) until it exists."""

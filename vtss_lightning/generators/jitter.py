@@ -58,9 +58,6 @@ class JitterGenerator(SyntheticGenerator):
             out[:, numeric] += self.scale * noise
         return out
 
-    def __repr__(self) -> str:
-        return f"JitterGenerator(scale={self.scale})"
-
 
 class RandomOversampler(JitterGenerator):
     """Random oversampling: exact copies of the class's training rows, drawn with
@@ -74,6 +71,3 @@ class RandomOversampler(JitterGenerator):
 
     def __init__(self) -> None:
         super().__init__(scale=0.0)
-
-    def __repr__(self) -> str:
-        return "RandomOversampler()"

@@ -13,27 +13,15 @@ only *calls* SDV, it vendors none of its code.
 from __future__ import annotations
 
 import logging
-from abc import abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
-from typing import Any, ClassVar, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import pandas as pd
-import torch
 
-from vtss_lightning.data.schema import FeatureSchema
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.generators._common import check_int
-from vtss_lightning.generators._sdv_runtime import (
-    in_process,
-    isolated_seed,
-    quiet_sdv,
-    reseed_sampling,
-    sdtype_of,
-)
-from vtss_lightning.generators.base import SyntheticGenerator
+from vtss_lightning.generators._sdv_base import TABLE, SDVGenerator
 
-_TABLE = "t"
 _LOGGER = logging.getLogger(__name__)
 #: CTGAN's discriminator packs ``pac`` rows together; batch sizes must be multiples of it.
 _CTGAN_PAC = 10
@@ -46,120 +34,7 @@ def _dims(who: str, name: str, value: Sequence[int]) -> tuple[int, ...]:
     return tuple(check_int(who, f"each entry of {name}", v, 1) for v in value)
 
 
-class _SDVGenerator(SyntheticGenerator):
-    """Shared machinery: metadata from dtypes, seeding, quiet fitting, dtype round trip."""
-
-    input_kind: ClassVar[Literal["tensor", "frame"]] = "frame"
-    min_rows: ClassVar[int] = 2
-
-    def __init__(self, verbose: bool = False) -> None:
-        super().__init__()
-        self.verbose = bool(verbose)
-        self._synth: Any = None
-
-    @abstractmethod
-    def _make_synthesizer(self, metadata: Any, n_rows: int) -> Any:
-        """Build the (unfitted) SDV synthesizer; called with SDV already imported."""
-
-    def _uses_cuda(self) -> bool:
-        return self.device.type == "cuda"
-
-    @contextmanager
-    def _context(self, seed: int) -> Iterator[None]:
-        """Quiet, seeded, and on :attr:`device` (SDV's ``enable_gpu`` means "current CUDA")."""
-        cuda = self._uses_cuda() or (torch.cuda.is_available() and torch.cuda.is_initialized())
-        device_ctx = torch.cuda.device(self.device) if self._uses_cuda() else nullcontext()
-        with quiet_sdv(not self.verbose), isolated_seed(seed, cuda), device_ctx, in_process():
-            yield
-
-    def _fit(self, x: pd.DataFrame, schema: FeatureSchema | None, seed: int) -> None:
-        if not isinstance(x, pd.DataFrame):
-            raise VTSSError(
-                f"{type(self).__name__} works on the raw feature DataFrame (input_kind='frame'), "
-                f"got {type(x).__name__}"
-            )
-        if x.columns.has_duplicates:
-            raise VTSSError(f"{type(self).__name__}: the feature frame has duplicate column names")
-        x = x.reset_index(drop=True)
-        self._template = x.iloc[:0].copy()
-        # SDV gets plain string names c0, c1, ... (it mangles non-string names) and
-        # object instead of 'category' (CTGAN/TVAE refuse the category dtype).
-        data = x.copy()
-        data.columns = [f"c{i}" for i in range(x.shape[1])]
-        self._all_null = [c for c in data.columns if data[c].isna().all()]
-        data = data.drop(columns=self._all_null)
-        for c in data.columns:
-            if isinstance(data[c].dtype, pd.CategoricalDtype):
-                data[c] = data[c].astype(object)
-        self._sdv_columns = list(data.columns)
-        self._synth = None
-        if not self._sdv_columns:
-            return
-
-        from sdv.errors import InvalidDataError, SynthesizerInputError
-        from sdv.metadata import Metadata
-        from sdv.metadata.errors import InvalidMetadataError
-
-        def metadata() -> Any:
-            meta = Metadata()
-            meta.add_table(_TABLE)
-            for c in data.columns:
-                meta.add_column(c, table_name=_TABLE, sdtype=sdtype_of(data[c].dtype))
-            return meta
-
-        try:
-            with self._context(seed):
-                synth = self._make_synthesizer(metadata(), len(data))
-                synth.fit({_TABLE: data})
-                synth = self._after_fit(synth, metadata, data)
-        except (InvalidDataError, InvalidMetadataError, SynthesizerInputError) as err:
-            raise VTSSError(f"{type(self).__name__} could not fit the class rows: {err}") from err
-        self._synth = synth
-
-    def _after_fit(self, synth: Any, metadata: Callable[[], Any], data: pd.DataFrame) -> Any:
-        """Hook to inspect, adjust or refit a fitted synthesizer; identity here."""
-        return synth
-
-    def _sample(self, n: int, seed: int) -> pd.DataFrame:
-        if n == 0:
-            return self._template.copy()
-        if self._synth is None:
-            out = pd.DataFrame(index=pd.RangeIndex(n))
-        else:
-            with self._context(seed):
-                reseed_sampling(self._synth, seed)
-                out = self._synth.sample(n)[_TABLE]
-            out = out.reset_index(drop=True)
-        return self._restore(out, n)
-
-    def _restore(self, out: pd.DataFrame, n: int) -> pd.DataFrame:
-        """Original column names, order and dtypes (SDV returns object for categories)."""
-        columns = {}
-        for i, (name, dtype) in enumerate(self._template.dtypes.items()):
-            key = f"c{i}"
-            col = out[key] if key in out.columns else pd.Series([None] * n, dtype=object)
-            if col.dtype != dtype:
-                try:
-                    col = col.astype(dtype)
-                except (TypeError, ValueError) as err:
-                    raise VTSSError(
-                        f"{type(self).__name__}: sampled column {name!r} cannot be cast back to "
-                        f"{dtype}: {err}"
-                    ) from err
-            columns[i] = col.reset_index(drop=True)
-        frame = pd.DataFrame(columns, index=pd.RangeIndex(n))
-        frame.columns = self._template.columns
-        return frame
-
-    def _params(self) -> dict[str, Any]:
-        return {}
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
-        return f"{type(self).__name__}({args})"
-
-
-class CTGANGenerator(_SDVGenerator):
+class CTGANGenerator(SDVGenerator):
     """SDV's CTGAN: a conditional GAN with mode-specific normalisation (Xu et al. 2019).
 
     The strongest published deep generator for mixed-type tables, and the most
@@ -241,17 +116,8 @@ class CTGANGenerator(_SDVGenerator):
             model._batch_size = max(_CTGAN_PAC, self.batch_size - self.batch_size % _CTGAN_PAC)
         return synth
 
-    def _params(self) -> dict[str, Any]:
-        return {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "embedding_dim": self.embedding_dim,
-            "generator_dim": self.generator_dim,
-            "discriminator_dim": self.discriminator_dim,
-        }
 
-
-class TVAEGenerator(_SDVGenerator):
+class TVAEGenerator(SDVGenerator):
     """SDV's TVAE: a variational autoencoder for tables (Xu et al. 2019).
 
     Usually faster than CTGAN to fit and often as good on small classes.
@@ -307,17 +173,8 @@ class TVAEGenerator(_SDVGenerator):
             enable_gpu=self._uses_cuda(),
         )
 
-    def _params(self) -> dict[str, Any]:
-        return {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "embedding_dim": self.embedding_dim,
-            "compress_dims": self.compress_dims,
-            "decompress_dims": self.decompress_dims,
-        }
 
-
-class GaussianCopulaGenerator(_SDVGenerator):
+class GaussianCopulaGenerator(SDVGenerator):
     """SDV's Gaussian copula: per-column marginals joined by a Gaussian correlation.
 
     No neural training: fits in seconds and is a strong classical baseline
@@ -397,7 +254,7 @@ class GaussianCopulaGenerator(_SDVGenerator):
             default_distribution=self.default_distribution,
             numerical_distributions={col: "truncnorm" for col in bad},
         )
-        refit.fit({_TABLE: data})
+        refit.fit({TABLE: data})
         names = list(self._template.columns)
         self.fallback_columns_ = [names[int(col[1:])] for col in bad]
         _LOGGER.info(
@@ -405,6 +262,3 @@ class GaussianCopulaGenerator(_SDVGenerator):
             self.fallback_columns_,
         )
         return refit
-
-    def _params(self) -> dict[str, Any]:
-        return {"default_distribution": self.default_distribution}

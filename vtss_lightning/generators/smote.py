@@ -114,6 +114,3 @@ class SMOTEGenerator(SyntheticGenerator):
                 block[:, cols] = torch.where(from_near, x_near[:, cols], x_base[:, cols])
             out[rows] = block
         return out
-
-    def __repr__(self) -> str:
-        return f"SMOTEGenerator(k_neighbors={self.k_neighbors})"

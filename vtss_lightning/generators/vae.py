@@ -7,17 +7,19 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
+from vtss_lightning._random import seeded
 from vtss_lightning.data.schema import FeatureSchema
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.generators._common import check_float, check_int, cpu_generator
 from vtss_lightning.generators._deep import (
+    TRAIN_PARAMS,
+    TrainSettings,
     autocast,
     autocast_dtype,
     check_image_rows,
     column_scaler,
     fit_net,
     in_chunks,
-    seeded,
     train_settings,
 )
 from vtss_lightning.generators.base import SyntheticGenerator
@@ -101,7 +103,7 @@ class VAEGenerator(SyntheticGenerator):
     ) -> None:
         super().__init__()
         who = "VAEGenerator"
-        self.settings = train_settings(
+        s = train_settings(
             who,
             steps=steps,
             epochs=epochs,
@@ -112,6 +114,9 @@ class VAEGenerator(SyntheticGenerator):
             verbose=verbose,
             log_every=log_every,
         )
+        self.steps, self.epochs, self.batch_size, self.lr = s.steps, s.epochs, s.batch_size, s.lr
+        self.weight_decay, self.precision = s.weight_decay, s.precision
+        self.verbose, self.log_every = s.verbose, s.log_every
         self.width = None if width is None else check_int(who, "width", width, 1)
         self.latent_dim = check_int(who, "latent_dim", latent_dim, 1)
         self.beta = check_float(who, "beta", beta, 0.0)
@@ -122,6 +127,11 @@ class VAEGenerator(SyntheticGenerator):
         #: ``(step, mean training loss)`` records of the last fit.
         self.loss_history_: list[tuple[int, float]] = []
 
+    @property
+    def settings(self) -> TrainSettings:
+        """The optimisation parameters, validated again (they may have been changed)."""
+        return train_settings("VAEGenerator", **{n: getattr(self, n) for n in TRAIN_PARAMS})
+
     # ----------------------------------------------------------------- fitting
 
     def _fit(self, x: torch.Tensor, schema: FeatureSchema | None, seed: int) -> None:
@@ -130,7 +140,8 @@ class VAEGenerator(SyntheticGenerator):
         self.kind_ = "image" if schema.image_shape is not None else "table"
         settings = self.settings.resolved(DEFAULT_BATCH[self.kind_], self.settings.lr or 1e-3)
         steps = settings.total_steps(x.shape[0], DEFAULT_STEPS[self.kind_])
-        with seeded(seed, self.device):
+        # off the CPU, torch.manual_seed must seed the accelerator (CUDA or MPS) too
+        with seeded(int(seed), cuda=self.device.type != "cpu"):
             if self.kind_ == "image":
                 small = min(schema.image_shape[1:]) < 16  # type: ignore[index]
                 loss_fn = self._build_image(x, schema, self.width or (16 if small else 32))
@@ -244,11 +255,3 @@ class VAEGenerator(SyntheticGenerator):
         if hot:
             out[:, self._cat_idx.to(device)] = torch.cat(hot, dim=1)
         return out
-
-    def __repr__(self) -> str:
-        s = self.settings
-        budget = f"epochs={s.epochs}" if s.epochs is not None else f"steps={s.steps}"
-        return (
-            f"VAEGenerator({budget}, width={self.width}, latent_dim={self.latent_dim}, "
-            f"lr={s.lr}, beta={self.beta}, categorical={self.categorical!r})"
-        )

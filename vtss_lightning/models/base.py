@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
+from vtss_lightning import _lightning
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.metrics import BalancedMeanLoss
 
@@ -48,7 +48,7 @@ def class_weight_vector(
     return weights
 
 
-class BalancedClassifier(pl.LightningModule):
+class BalancedClassifier(_lightning.dual_base("LightningModule")):
     """Plain (optionally class-weighted) ERM with the balanced validation metrics.
 
     Subclasses build ``self.net``, call :meth:`init_targets` once the class count is

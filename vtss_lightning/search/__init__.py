@@ -1,7 +1,7 @@
 """The VTSS search: candidate grid, training strategies, engine, Lightning adapters."""
 
 from vtss_lightning.search.callback import VTSSCallback
-from vtss_lightning.search.cost_sensitive import ClassWeightResult, tune_class_weight
+from vtss_lightning.search.config import SearchConfig
 from vtss_lightning.search.engine import SearchEngine
 from vtss_lightning.search.grid import DEFAULT_RATIOS, Candidate, build_candidates
 from vtss_lightning.search.report import CandidateResult, VTSSResult
@@ -12,13 +12,12 @@ __all__ = [
     "DEFAULT_RATIOS",
     "SELECTION_RULES",
     "Candidate",
-    "ClassWeightResult",
     "CandidateResult",
+    "SearchConfig",
     "SearchEngine",
     "VTSSCallback",
     "VTSSResult",
     "VTSSTuner",
     "build_candidates",
     "select",
-    "tune_class_weight",
 ]

@@ -3,32 +3,28 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback
-
+from vtss_lightning import _lightning
 from vtss_lightning.errors import VTSSError
-from vtss_lightning.search.engine import SearchEngine
+from vtss_lightning.search.config import SearchConfig
+from vtss_lightning.search.loggers import log_search
 from vtss_lightning.search.objective import test_metrics
-from vtss_lightning.search.progress import PROGRESS_NAME, ProgressStore, search_fingerprint
+from vtss_lightning.search.progress import PROGRESS_NAME
 from vtss_lightning.search.report import VTSSResult
+from vtss_lightning.search.run import run_search
 from vtss_lightning.search.sample_grid import write_sample_grid
-from vtss_lightning.search.selection import check_rule
-from vtss_lightning.search.strategies import (
-    STRATEGIES,
-    RetrainScorer,
-    TrainerSettings,
-    clone_module,
-    make_scorer,
-)
+from vtss_lightning.search.strategies import TrainerSettings
+from vtss_lightning.search.strategies.inner_fit import candidate_callbacks
+
+if TYPE_CHECKING:  # either Lightning package at run time (vtss_lightning._lightning)
+    import pytorch_lightning as pl
 
 REQUIRED_DATA_API = ("class_gaps", "prepare_pool", "set_synthetic_sizes", "make_train_loader")
 
 
-class VTSSCallback(Callback):
+class VTSSCallback(*_lightning.bases("Callback")):
     """Pick the synthetic size with the lowest balanced validation loss, in ``fit``.
 
     At ``on_fit_start`` every candidate is trained in a fresh inner Trainer (same
@@ -75,11 +71,20 @@ class VTSSCallback(Callback):
         stopping per candidate; it selects differently from retrain, see
         ``benchmarks/results/search_cost.md``).
     refit
-        ``False`` (default): when the search trained the winner with the final
-        settings on the hold-out (every strategy but ``finetune``/``ray``, without
-        ``folds``), its weights become the final model and the outer fit trains no
-        further; ``True``: the outer fit trains the final model from the initial
-        weights as usual (and writes its own checkpoints and training logs).
+        ``True`` (default): the outer fit trains the final model at the chosen size
+        from the initial weights, exactly as it would without this callback, so the
+        trainer's checkpoints, early stopping, loggers, ``trainer.test`` and
+        ``trainer.predict`` work as usual (cost: one more fit). ``False``: when the
+        search trained the winner with the final settings on the hold-out (every
+        strategy but ``finetune``/``ray``, without ``folds``), its weights become the
+        final model and the outer fit takes no step (cheapest; the trainer's own
+        checkpoints and validation metrics then hold nothing of the final model).
+    candidate_callbacks
+        Which of the trainer's callbacks every candidate fit gets a fresh copy of.
+        ``None`` (default): those that shape training (EarlyStopping,
+        StochasticWeightAveraging, schedulers, your own), not those that write
+        (checkpoints, progress bars, summaries, monitors, timers); a list of class
+        names: exactly those (``[]``: none).
     selection
         ``"min"`` (the paper: lowest mean loss), ``"one_se"`` (within one standard
         error of the best, closest to full balance; needs ``folds``) or ``"smooth"``
@@ -112,31 +117,28 @@ class VTSSCallback(Callback):
         progress: bool = True,
         progress_path: str | None = None,
         halving_eta: float = 3.0,
-        refit: bool = False,
+        refit: bool = True,
         snapshot: Literal["best", "last"] = "last",
+        candidate_callbacks: list[str] | None = None,
     ) -> None:
-        if strategy not in STRATEGIES:
-            raise VTSSError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-        if folds is not None and folds < 2:
-            raise VTSSError(f"folds must be >= 2 (or None for the hold-out), got {folds}")
-        self.ratios, self.sizes = ratios, sizes
-        self.strategy, self.folds, self.repeats = strategy, folds, repeats
-        self.finetune_fraction, self.verbose, self.seed = finetune_fraction, verbose, seed
-        self.selection = check_rule(selection, folds)
-        if grid not in ("default", "tg"):
-            raise VTSSError(f"grid must be 'default' or 'tg', got {grid!r}")
-        if grid == "tg" and (ratios is not None or sizes is not None):
-            raise VTSSError('grid="tg" chooses its own candidates; drop ratios= and sizes=')
-        self.grid = grid
-        self.progress, self.progress_path = progress, progress_path
-        if "halving" in strategy and folds is not None:
-            raise VTSSError("halving strategies use the hold-out; drop folds= or use 'parallel'")
-        if halving_eta <= 1:
-            raise VTSSError(f"halving_eta must be > 1, got {halving_eta}")
-        self.halving_eta, self.refit = float(halving_eta), bool(refit)
-        if snapshot not in ("best", "last"):
-            raise VTSSError(f"snapshot must be 'best' or 'last', got {snapshot!r}")
-        self.snapshot = snapshot
+        self.config = SearchConfig(
+            ratios=ratios,
+            sizes=sizes,
+            grid=grid,
+            strategy=strategy,
+            folds=folds,
+            repeats=repeats,
+            finetune_fraction=finetune_fraction,
+            selection=selection,
+            verbose=verbose,
+            seed=seed,
+            progress=progress,
+            progress_path=progress_path,
+            halving_eta=halving_eta,
+            refit=refit,
+            snapshot=snapshot,
+            candidate_callbacks=candidate_callbacks,
+        )
         self.result: VTSSResult | None = None
         self._fit_started: float | None = None
         self._reused = False  # the winner's weights are the final model (no refit)
@@ -145,23 +147,44 @@ class VTSSCallback(Callback):
     def state_key(self) -> str:
         return "VTSSCallback"
 
+    def __getattr__(self, name: str) -> Any:
+        """Read-only access to the search settings, e.g. ``callback.strategy``."""
+        if name != "config" and name in SearchConfig.field_names():
+            return getattr(self.config, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # ---------------------------------------------------------------- hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = _vtss_datamodule(trainer)
         dm.to_device(trainer.strategy.root_device)  # pool and batches live where training runs
-        if self.result is None:
-            settings = TrainerSettings.from_trainer(trainer)
-            path = self._progress_file(trainer)
-            self.result = run_search(self, dm, pl_module, settings, path, trainer.is_global_zero)
+        if self.result is None:  # a fit resumed from a checkpoint has its result already
+            self.result = self._search(trainer, pl_module, dm)
             self._reused = self._reuse_winner(trainer, pl_module)
         dm.set_synthetic_sizes(self.result.selected_index_sizes)
-        self._log_curve(trainer)
+        log_search(self.result, trainer.loggers)
+        if self._reused:  # no step will be taken: no sanity check, no empty bars
+            trainer.num_sanity_val_steps = 0
+            if trainer.progress_bar_callback is not None:
+                trainer.progress_bar_callback.disable()
+
+    def _search(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm) -> VTSSResult:
+        """The search, on rank 0 only under several devices, its result sent to every rank."""
+        settings = TrainerSettings.from_trainer(trainer)
+        settings.callbacks = candidate_callbacks(
+            trainer.callbacks, self.config.candidate_callbacks
+        )
+        result = None
+        if trainer.is_global_zero:
+            result = run_search(self.config, dm, pl_module, settings, self._progress_file(trainer))
+        if trainer.world_size > 1:
+            result = trainer.strategy.broadcast(result, src=0)
+        return result
 
     def _reuse_winner(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
         """Load the winner's weights into the module instead of training it again."""
         state = self.result.final_state
         loop = trainer.fit_loop
-        if self.refit or state is None or loop.min_epochs or loop.min_steps:
+        if self.config.refit or state is None or loop.min_epochs or loop.min_steps:
             return False
         pl_module.load_state_dict(state)
         self.result.timing["final_fit_seconds"] = 0.0
@@ -180,129 +203,41 @@ class VTSSCallback(Callback):
             self.result.timing["final_fit_seconds"] = time.perf_counter() - self._fit_started
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.result is None or not trainer.is_global_zero:
+        if self.result is None:
+            return
+        folder = report_dir(trainer)  # on every rank: log_dir is a collective under DDP
+        if not trainer.is_global_zero:
             return
         dm = trainer.datamodule
         if dm.has_test:
             self.result.test_metrics = test_metrics(pl_module, dm.x_test, dm.y_test, dm.num_classes)
-        grid = write_sample_grid(dm, report_dir(trainer))  # image data only
+        grid = write_sample_grid(dm, folder)  # image data only
         if grid is not None:
             self.result.diagnostics["sample_grid"] = grid.name
-        report, _ = self.result.write(report_dir(trainer))
+        report, _ = self.result.write(folder)
         progress = self._progress_file(trainer)
         if progress is not None:
             progress.unlink(missing_ok=True)  # the report (and any checkpoint) now hold it
-        if self.verbose:
+        if self.config.verbose:
             print(f"VTSS report written to {report}", flush=True)
 
     def _progress_file(self, trainer: pl.Trainer) -> Path | None:
-        if not self.progress:
+        cfg = self.config
+        if not cfg.progress:
             return None
-        return Path(self.progress_path or Path(trainer.default_root_dir) / PROGRESS_NAME)
+        return Path(cfg.progress_path or Path(trainer.default_root_dir) / PROGRESS_NAME)
 
     # --------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        return {"result": None if self.result is None else self.result.to_dict()}
+        result = None if self.result is None else self.result.to_dict()
+        return {"result": result, "reused_winner": self._reused}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the search (a resumed fit does not search again) and whether the
+        final model was the reused winner (then the resumed fit does not train it)."""
         data = state_dict.get("result")
         self.result = None if data is None else VTSSResult.from_dict(data)
-
-    # -------------------------------------------------------------- logging
-    def _log_curve(self, trainer: pl.Trainer) -> None:
-        import matplotlib.pyplot as plt
-
-        for logger in trainer.loggers:
-            logger.log_metrics(
-                {
-                    "vtss/selected_ratio": float(self.result.selected_ratio or 0.0),
-                    "vtss/selected_val_balanced_loss": float(
-                        self.result.selected.val_balanced_loss or 0.0
-                    ),
-                },
-                step=0,
-            )
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_figure"):
-                experiment.add_figure("vtss/curve", self.result.plot(), global_step=0, close=True)
-        plt.close("all")
-
-
-def run_search(
-    cfg: VTSSCallback,
-    dm,
-    module: pl.LightningModule,
-    settings: TrainerSettings,
-    progress_path: str | Path | None = None,
-    write_progress: bool = True,
-) -> VTSSResult:
-    """Run the engine with the callback's settings; shared with :class:`VTSSTuner`.
-
-    With ``progress_path``, finished fits are kept in that file and a rerun with the
-    same configuration and data skips them (:class:`ProgressStore`).
-    """
-    sizes = None if cfg.sizes is None else [_sizes_by_index(dm, s) for s in cfg.sizes]
-    ratios, tg = cfg.ratios, None
-    if cfg.grid == "tg":
-        tg = _tg_diagnostics(cfg, dm, module, settings)
-        ratios = tg.candidate_ratios
-    engine = SearchEngine(ratios, sizes, cfg.folds, cfg.repeats, cfg.verbose, cfg.selection)
-    reuse = not cfg.refit and cfg.folds is None
-    scorer = make_scorer(
-        cfg.strategy,
-        module,
-        settings,
-        cfg.seed,
-        cfg.finetune_fraction,
-        cfg.halving_eta,
-        keep_states=reuse,
-        verbose=cfg.verbose,
-        snapshot=cfg.snapshot,
-    )
-    store = None
-    if progress_path is not None:
-        key = search_fingerprint(cfg, dm, module, settings, ratios)
-        store = ProgressStore(progress_path, key, write=write_progress, verbose=cfg.verbose)
-    result = engine.run(dm, scorer, store)
-    if reuse and hasattr(scorer, "trained_state"):
-        result.final_state = scorer.trained_state(result.selected_index_sizes)
-    if getattr(scorer, "fallback_reason", None):
-        note = (
-            f"strategy {cfg.strategy!r} trained one candidate at a time: {scorer.fallback_reason}"
-        )
-        result.diagnostics.setdefault("notes", []).append(note)
-    if tg is not None:
-        result.diagnostics["tg"] = tg.to_dict()
-    result.config = {
-        "strategy": cfg.strategy,
-        "grid": cfg.grid,
-        "ratios": ratios,
-        "sizes": cfg.sizes,
-        "folds": cfg.folds,
-        "repeats": cfg.repeats,
-        "selection": cfg.selection,
-        "seed": cfg.seed,
-        "halving_eta": cfg.halving_eta,
-        "refit": cfg.refit,
-        "snapshot": cfg.snapshot,
-        "generator": repr(dm.generator),
-        "model": type(module).__name__,
-        "trainer": {k: str(v) for k, v in settings.kwargs.items()},
-    }
-    return result
-
-
-def _tg_diagnostics(cfg: VTSSCallback, dm, module: pl.LightningModule, settings: TrainerSettings):
-    """TG-VTSS: a pilot on the real training rows, then the diagnostics that pick the grid."""
-    from vtss_lightning.search.diagnostics import tg_diagnostics
-
-    pilot_trainer = RetrainScorer(module, settings, cfg.seed)
-    pilot = pilot_trainer.fit(clone_module(module), dm, {})
-    pilot.to(dm.active.x_train.device)
-    diag = tg_diagnostics(pilot, dm, seed=cfg.seed)
-    if cfg.verbose:
-        print(diag.summary(), flush=True)
-    return diag
+        self._reused = bool(state_dict.get("reused_winner", False))
 
 
 def report_dir(trainer: pl.Trainer) -> Path:
@@ -318,15 +253,3 @@ def _vtss_datamodule(trainer: pl.Trainer):
             "passed as trainer.fit(model, datamodule=...)"
         )
     return dm
-
-
-def _sizes_by_index(dm, sizes: Mapping[str, int] | Sequence) -> dict[int, int]:
-    names = dm.class_names
-    out = {}
-    for label, m in dict(sizes).items():
-        if str(label) not in names:
-            raise VTSSError(
-                f"sizes name class {label!r}, which is not in the data ({', '.join(names)})"
-            )
-        out[names.index(str(label))] = int(m)
-    return out

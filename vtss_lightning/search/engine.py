@@ -12,16 +12,12 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from vtss_lightning.errors import VTSSError
+from vtss_lightning.search.config import SearchConfig
 from vtss_lightning.search.grid import Candidate, build_candidates, max_sizes
-from vtss_lightning.search.guard import (
-    CandidateFailed,
-    device_peak_mb,
-    pool_megabytes,
-    score_guarded,
-)
+from vtss_lightning.search.guard import device_peak_mb, pool_megabytes
 from vtss_lightning.search.report import CandidateResult, VTSSResult
-from vtss_lightning.search.selection import check_rule, select
-from vtss_lightning.search.strategies import Scorer
+from vtss_lightning.search.selection import select
+from vtss_lightning.search.strategies.base import Scorer
 
 
 class SearchEngine:
@@ -29,34 +25,36 @@ class SearchEngine:
 
     Parameters
     ----------
+    config
+        The search's settings (grid, validation scheme, selection rule, verbosity).
+        For quick use the same settings may be given as keywords instead, e.g.
+        ``SearchEngine([0, 1, 2], folds=3)`` (``ratios`` first).
     ratios
-        Shares of each minority class's gap to try (default :data:`DEFAULT_RATIOS`).
-    sizes
-        Absolute per-class candidate sizes (class index -> rows) instead of ratios.
-    folds, repeats
-        Stratified (repeated) K-fold selection over the development rows instead of
-        the DataModule's hold-out; sizes are rescaled to each fold's gap.
-    verbose
-        Print one line per candidate.
-    selection
-        Rule that picks the winner (see :mod:`vtss_lightning.search.selection`).
+        Candidate ratios replacing ``config.ratios`` (the TG-VTSS grid).
+    **settings
+        :class:`SearchConfig` fields, when ``config`` is not a :class:`SearchConfig`.
     """
 
     def __init__(
         self,
+        config: SearchConfig | Sequence[float] | None = None,
         ratios: Sequence[float] | None = None,
-        sizes: Sequence[Mapping[int, int]] | None = None,
-        folds: int | None = None,
-        repeats: int = 1,
-        verbose: bool = True,
-        selection: str = "min",
+        **settings: Any,
     ) -> None:
-        self.selection = check_rule(selection, folds)
-        if repeats < 1:
-            raise VTSSError(f"repeats must be >= 1, got {repeats}")
-        self.ratios, self.sizes = ratios, sizes
-        self.folds, self.repeats = folds, repeats
-        self.verbose = verbose
+        if not isinstance(config, SearchConfig):
+            config = SearchConfig(ratios=config if ratios is None else ratios, **settings)
+        elif settings:
+            raise VTSSError(f"give settings in the SearchConfig, not as {sorted(settings)}")
+        self.config = config
+        self.ratios = config.ratios if ratios is None else tuple(ratios)
+        self.folds, self.repeats = config.folds, config.repeats
+        self.selection, self.verbose = config.selection, config.verbose
+
+    def _index_sizes(self, dm) -> list[dict[int, int]] | None:
+        """``config.sizes`` (keyed by class name as the user wrote it) by class index."""
+        if self.config.sizes is None:
+            return None
+        return [sizes_by_index(dm, s) for s in self.config.sizes]
 
     def run(self, dm, scorer: Scorer, store: ScoreStore | None = None) -> VTSSResult:
         """Score every candidate on every split; ``store`` keeps finished scores.
@@ -69,7 +67,7 @@ class SearchEngine:
         holdout_gaps = dm.class_gaps()
         if not any(g > 0 for g in holdout_gaps.values()):
             return self._balanced_result(dm, start)
-        candidates = build_candidates(holdout_gaps, self.ratios, self.sizes)
+        candidates = build_candidates(holdout_gaps, self.ratios, self._index_sizes(dm))
         splits = [None] if self.folds is None else list(dm.fold_indices(self.folds, self.repeats))
         losses = [[math.nan] * len(splits) for _ in candidates]
         seconds = [0.0] * len(candidates)
@@ -92,7 +90,7 @@ class SearchEngine:
                 pool_mb = max(pool_mb, pool_megabytes(dm.prepare_pool(max_sizes(candidates, gaps))))
                 scorer.begin_split(dm)
                 jobs = [(i, candidates[i].sizes(gaps)) for i in pending]
-                for i, loss, secs in score_jobs(scorer, dm, jobs, notes):
+                for i, loss, secs in score_jobs(scorer, dm, jobs, notes):  # as each finishes
                     loss = loss if math.isfinite(loss) else math.nan
                     losses[i][s] = loss
                     seconds[i] += secs
@@ -241,28 +239,28 @@ def score_jobs(
 ) -> Iterator[tuple[int, float, float]]:
     """Yield ``(candidate index, loss, seconds)`` for each job, as each finishes.
 
-    Scorers that train several candidates at once implement ``score_many`` (same
-    contract: a generator over the jobs); others are called one candidate at a time,
-    each retried at a smaller batch after running out of memory and, failing that,
-    scored NaN with the reason in ``notes`` (:mod:`vtss_lightning.search.guard`).
+    The scorer's ``score_many`` decides how (one at a time, guarded against running
+    out of memory, or several at once); the status it records for a job (why its loss
+    is NaN, or how it was trained differently) is copied into ``notes``.
     """
-    many = getattr(scorer, "score_many", None)
-    if many is not None:
-        for item in many(dm, jobs):  # such a scorer explains its NaNs in ``statuses``
-            status = getattr(scorer, "statuses", {}).get(item[0])
-            if status is not None and notes is not None:
-                notes[item[0]] = status
-            yield item
-        return
-    for i, sizes in jobs:
-        t0 = time.perf_counter()
-        try:
-            loss, note = score_guarded(scorer, dm, sizes)
-        except CandidateFailed as exc:
-            loss, note = math.nan, str(exc)
-        if note is not None and notes is not None:
-            notes[i] = note
-        yield i, loss, time.perf_counter() - t0
+    for item in scorer.score_many(dm, jobs):
+        status = scorer.statuses.get(item[0])
+        if status is not None and notes is not None:
+            notes[item[0]] = status
+        yield item
+
+
+def sizes_by_index(dm, sizes: Mapping[Any, int]) -> dict[int, int]:
+    """Per-class sizes keyed by class name (as the user wrote it) -> by class index."""
+    names = dm.class_names
+    out = {}
+    for label, m in dict(sizes).items():
+        if str(label) not in names:
+            raise VTSSError(
+                f"sizes name class {label!r}, which is not in the data ({', '.join(names)})"
+            )
+        out[names.index(str(label))] = int(m)
+    return out
 
 
 def _named(dm, sizes: Mapping[int, int]) -> dict[str, int]:

@@ -47,7 +47,7 @@ def score_guarded(
     full-batch model, which cannot shrink) runs out of memory.
     """
     original = dm.batch_size
-    full_batch = bool(getattr(getattr(scorer, "template", None), "full_batch", False))
+    full_batch = scorer.full_batch
     try:
         while True:
             try:

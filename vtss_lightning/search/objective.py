@@ -5,11 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vtss_lightning._random import EVAL_CHUNK_ROWS
 from vtss_lightning.metrics import BalancedCrossEntropy, BalancedMeanLoss, classification_metrics
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_CHUNK_ROWS
+) -> torch.Tensor:
     """Logits in eval mode, batched, on the model's device; restores the train flag."""
     was_training = model.training
     model.eval()
@@ -36,11 +39,12 @@ def balanced_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classe
 def _balanced(model: nn.Module, scores: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
     y = y.to(scores.device)
     per_row = getattr(model, "per_sample_loss", None)
+    # sync_on_compute=False: under DDP one rank scores candidates alone; no collective
     if per_row is None:
-        metric = BalancedCrossEntropy(num_classes).to(scores.device)
+        metric = BalancedCrossEntropy(num_classes, sync_on_compute=False).to(scores.device)
         metric.update(scores, y)
     else:
-        metric = BalancedMeanLoss(num_classes).to(scores.device)
+        metric = BalancedMeanLoss(num_classes, sync_on_compute=False).to(scores.device)
         with torch.no_grad():
             metric.update(per_row(scores, y), y)
     return float(metric.compute())

@@ -23,7 +23,7 @@ import torch
 from torch.nn.parameter import is_lazy
 
 PROGRESS_NAME = "vtss_progress.jsonl"
-FORMAT = 1
+FORMAT = 2  # 2: the search settings come whole from SearchConfig
 
 
 def fingerprint(parts: dict[str, Any], tensors: Iterable[torch.Tensor] = ()) -> str:
@@ -36,14 +36,15 @@ def fingerprint(parts: dict[str, Any], tensors: Iterable[torch.Tensor] = ()) -> 
     return digest.hexdigest()
 
 
-def search_fingerprint(cfg, dm, module, settings, ratios) -> str:
+def search_fingerprint(config, dm, module, settings, ratios) -> str:
     """What decides every candidate's score: data, grid, folds, seed, model, budget.
 
     The data enter through the encoded hold-out tensors and the class names (the
-    folds are a function of the rows, labels and ``dm.seed``); the model through its
-    class, hyperparameters and initial weights (a lazily built model has none yet and
-    is then identified by its hyperparameters, which decide the weights under the
-    search seed).
+    folds are a function of the rows, labels and ``dm.seed``); the search through
+    every setting of its :class:`~vtss_lightning.search.config.SearchConfig` that can
+    change a score; the model through its class, hyperparameters and initial weights
+    (a lazily built model has none yet and is then identified by its hyperparameters,
+    which decide the weights under the search seed).
     """
     split = dm.holdout
     parts = {
@@ -57,18 +58,12 @@ def search_fingerprint(cfg, dm, module, settings, ratios) -> str:
             "generator": repr(dm.generator),
             "transforms": repr(getattr(dm, "transforms", None)),
         },
-        "grid": {"ratios": ratios, "sizes": cfg.sizes, "grid": cfg.grid},
-        "validation": {"folds": cfg.folds, "repeats": cfg.repeats},
-        "strategy": cfg.strategy,
-        "finetune_fraction": cfg.finetune_fraction,
-        "halving_eta": getattr(cfg, "halving_eta", None),
-        "snapshot": getattr(cfg, "snapshot", None),
-        "seed": cfg.seed,
+        "search": {**config.scoring_settings(), "ratios": ratios},
         "model": {
             "class": f"{type(module).__module__}.{type(module).__qualname__}",
             "hparams": dict(getattr(module, "hparams", {}) or {}),
         },
-        "trainer": settings.kwargs,
+        "trainer": settings.describe(),
     }
     weights = [v for _, v in sorted(module.state_dict().items()) if not is_lazy(v)]
     data = [split.x_train, split.y_train, split.x_val, split.y_val]

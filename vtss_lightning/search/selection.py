@@ -12,23 +12,11 @@ import math
 from collections.abc import Sequence
 
 from vtss_lightning.errors import VTSSError
+from vtss_lightning.search.config import SELECTION_RULES
 from vtss_lightning.search.report import CandidateResult
-
-SELECTION_RULES = ("min", "one_se", "smooth")
 
 #: Losses closer than this (relative) count as a tie, which goes to the smaller size.
 TIE_TOLERANCE = 1e-9
-
-
-def check_rule(rule: str, folds: int | None) -> str:
-    """Validate a rule name against the validation scheme; returns the rule."""
-    if rule not in SELECTION_RULES:
-        raise VTSSError(
-            f"unknown selection rule {rule!r}; choose one of {', '.join(SELECTION_RULES)}"
-        )
-    if rule == "one_se" and folds is None:
-        raise VTSSError('selection="one_se" needs folds (e.g. folds=5, repeats=5)')
-    return rule
 
 
 def select(

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
-
-from vtss_lightning.search.callback import VTSSCallback, run_search
+from vtss_lightning.search.config import SearchConfig
 from vtss_lightning.search.report import VTSSResult
+from vtss_lightning.search.run import run_search
 from vtss_lightning.search.strategies import TrainerSettings
+
+if TYPE_CHECKING:  # either Lightning package at run time (vtss_lightning._lightning)
+    import pytorch_lightning as pl
 
 
 class VTSSTuner:
@@ -26,12 +28,13 @@ class VTSSTuner:
         Settings of each candidate's Trainer: ``accelerator``, ``devices``,
         ``precision``, ``max_epochs``/``max_steps``, gradient clipping, accumulation.
     **search_kwargs
-        Any :class:`VTSSCallback` argument (``ratios``, ``strategy``, ``folds``, ...).
+        Any :class:`VTSSCallback` argument (``ratios``, ``strategy``, ``folds``, ...):
+        the fields of :class:`~vtss_lightning.search.config.SearchConfig`.
     """
 
     def __init__(self, trainer_kwargs: dict[str, Any] | None = None, **search_kwargs: Any) -> None:
         self.settings = TrainerSettings.from_kwargs(trainer_kwargs)
-        self.config = VTSSCallback(**search_kwargs)
+        self.config = SearchConfig(**search_kwargs)
 
     def search(
         self, model: pl.LightningModule, datamodule, progress_path: str | Path | None = None

@@ -1,9 +1,15 @@
-"""Tuned cost-sensitive weighting: the strongest non-synthetic baseline for VTSS.
+"""Non-synthetic baselines for VTSS: tuned cost-sensitive weighting.
 
 Instead of adding synthetic minority rows, reweight the minority class's loss by
 ``w`` and pick ``w`` by the same balanced validation loss VTSS uses, on the same
-splits. PAPER.md experiment 6 compares the two; offering both lets users check
-whether synthetic data earns its place on their data.
+splits. Ma & Zhang (arXiv 2601.16120) compare the two in experiment 6 (see
+``benchmarks/paper/exp6_remedies.py``); offering both lets users check whether
+synthetic data earns its place on their data. (Random oversampling, the other
+baseline, is a generator: :class:`vtss_lightning.generators.RandomOversampler`.)
+
+Lives outside :mod:`vtss_lightning.search` because it uses the search's strategies
+without being part of a search; import it as ``from vtss_lightning.baselines import
+tune_class_weight``.
 """
 
 from __future__ import annotations
@@ -12,13 +18,16 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
-from pytorch_lightning.utilities.seed import isolate_rng
-
+from vtss_lightning._random import seeded
 from vtss_lightning.errors import VTSSError
-from vtss_lightning.search.strategies import RetrainScorer, TrainerSettings, seed_all
+from vtss_lightning.search.strategies import RetrainScorer, TrainerSettings
+
+if TYPE_CHECKING:  # either Lightning package at run time (vtss_lightning._lightning)
+    import pytorch_lightning as pl
+
+__all__ = ["DEFAULT_WEIGHTS", "ClassWeightResult", "tune_class_weight"]
 
 #: Minority-loss weights tried by default (1 = plain ERM).
 DEFAULT_WEIGHTS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
@@ -69,7 +78,7 @@ def tune_class_weight(
         Budget and device of every fit (``max_epochs``, ``accelerator``, ...).
     folds, repeats
         Stratified (repeated) K-fold instead of the DataModule's hold-out: the same
-        folds :class:`VTSSCallback` uses with the same DataModule seed.
+        folds :class:`~vtss_lightning.VTSSCallback` uses with the same DataModule seed.
     seed
         Seed of every fit (each weight starts from the same initial weights).
 
@@ -88,12 +97,7 @@ def tune_class_weight(
     for split in splits:
         with nullcontext() if split is None else dm.use_split(*split):
             for i, w in enumerate(weights):
-                with isolate_rng():
-                    seed_all(seed)  # every weight starts from the same initial weights
-                    model = make_model(w)
-                    if hasattr(model, "configure_from_data"):
-                        model.configure_from_data(dm)
-                loss = RetrainScorer(model, settings, seed).score(dm, {})
+                loss = _weight_loss(make_model, w, dm, settings, seed)
                 losses[i].append(loss if math.isfinite(loss) else None)
     means = [None if None in row else sum(row) / len(row) for row in losses]
     finite = [(m, w) for m, w in zip(means, weights, strict=True) if m is not None]
@@ -101,3 +105,22 @@ def tune_class_weight(
         raise VTSSError("every class-weight fit diverged (non-finite validation loss)")
     best = min(finite)[1]
     return ClassWeightResult(weights, means, best, losses if len(splits) > 1 else [])
+
+
+def _weight_loss(
+    make_model: Callable[[float], pl.LightningModule],
+    w: float,
+    dm,
+    settings: TrainerSettings,
+    seed: int,
+) -> float:
+    """Balanced validation loss of a model weighting the minority by ``w``, on real rows.
+
+    The model is built under ``seed`` so that every weight starts from the same
+    initial weights, then trained like a ``retrain`` candidate of size zero.
+    """
+    with seeded(seed):
+        model = make_model(w)
+        if hasattr(model, "configure_from_data"):
+            model.configure_from_data(dm)
+    return RetrainScorer(model, settings, seed).score(dm, {})

@@ -23,17 +23,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
-from pytorch_lightning.utilities.seed import isolate_rng
 
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.objective import balanced_loss
-from vtss_lightning.search.strategies import (
-    RetrainScorer,
+from vtss_lightning.search.strategies.base import (
+    BaseScorer,
+    Job,
+    Scored,
     TrainerSettings,
     clone_module,
-    quiet_lightning,
-    seed_all,
-    state_key,
+    fit_candidate,
 )
 
 STATE_FILE = "vtss_state.pt"
@@ -50,13 +49,13 @@ def import_ray():
     return ray, tune
 
 
-class RayScorer(RetrainScorer):
+class RayScorer(BaseScorer):
     """Score candidates as parallel Ray Tune trials, each a ``retrain`` fit.
 
     Parameters
     ----------
     template, settings, seed, keep_states
-        As :class:`RetrainScorer`.
+        As :class:`~vtss_lightning.search.strategies.base.BaseScorer`.
     resources
         Ray resources of one trial, default ``{"cpu": 1, "gpu": 1}`` when the driver
         sees a GPU, else ``{"cpu": 1}``.
@@ -81,15 +80,14 @@ class RayScorer(RetrainScorer):
     def score(self, dm, sizes: Mapping[int, int]) -> float:
         return next(iter(self.score_many(dm, [(0, dict(sizes))])))[1]
 
-    def score_many(self, dm, jobs: list[tuple[int, dict[int, int]]]) -> Iterator:
+    def score_many(self, dm, jobs: list[Job]) -> Iterator[Scored]:
         """Run one trial per job; yield ``(candidate index, loss, seconds)``."""
         ray, tune = import_ray()
         if not ray.is_initialized():
             ray.init(include_dashboard=False, log_to_driver=False)
-        full = bool(getattr(self.template, "full_batch", False))
         loaders = {}
         for i, sizes in jobs:
-            loader = dm.make_train_loader(sizes, full_batch=full)
+            loader = self.train_loader(dm, sizes)
             loader.x, loader.y = loader.x.cpu(), loader.y.cpu()
             loaders[i] = loader
         split = dm.active
@@ -114,13 +112,15 @@ class RayScorer(RetrainScorer):
             by_index = {r.config["candidate"]: r for r in results}
             for i, sizes in jobs:
                 r = by_index.get(i)
-                if r is None or r.error is not None or "loss" not in (r.metrics or {}):
+                failure = _trial_failure(r)
+                if failure is not None:
+                    self.statuses[i] = failure
                     yield i, math.nan, 0.0
                     continue
                 if self.keep_states and r.checkpoint is not None:
                     with r.checkpoint.as_directory() as d:
                         state = torch.load(Path(d) / STATE_FILE, weights_only=True)
-                    self._states[state_key(sizes)] = state
+                    self.keep(sizes, state)
                 yield i, float(r.metrics["loss"]), float(r.metrics["seconds"])
 
 
@@ -138,10 +138,7 @@ def run_trial(config, template, settings, seed, loaders, val, keep_state) -> Non
     device = local.device()
     loader = loaders[config["candidate"]]
     loader.x, loader.y = loader.x.to(device), loader.y.to(device)
-    model = clone_module(template)
-    with isolate_rng(), quiet_lightning():
-        seed_all(seed)
-        local.build().fit(model, train_dataloaders=loader)
+    model = fit_candidate(clone_module(template), loader, local, seed)
     x_val, y_val, num_classes = val
     model.to(device)
     loss = balanced_loss(model, x_val.to(device), y_val.to(device), num_classes)
@@ -153,3 +150,15 @@ def run_trial(config, template, settings, seed, loaders, val, keep_state) -> Non
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         torch.save(state, Path(d) / STATE_FILE)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _trial_failure(result) -> str | None:
+    """The status of a trial that returned no loss (``None`` when it did)."""
+    if result is None:
+        return "failed: the Ray trial did not run"
+    if result.error is not None:
+        lines = str(result.error).strip().splitlines() or [type(result.error).__name__]
+        return f"failed: Ray trial error: {lines[-1][:300]}"
+    if "loss" not in (result.metrics or {}):
+        return "failed: the Ray trial reported no loss"
+    return None

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from vtss_lightning._random import EVAL_CHUNK_ROWS
+
 #: Optimizers whose update of each element depends only on that element's history.
 ELEMENTWISE = (
     torch.optim.SGD,
@@ -202,8 +204,8 @@ class Stack:
         try:
             rows = torch.cat(
                 [
-                    self._rows(p, b, x[i : i + 8192], y[i : i + 8192]).float()
-                    for i in range(0, len(y), 8192)
+                    self._rows(p, b, x[i : i + EVAL_CHUNK_ROWS], y[i : i + EVAL_CHUNK_ROWS]).float()
+                    for i in range(0, len(y), EVAL_CHUNK_ROWS)
                 ],
                 dim=1,
             )

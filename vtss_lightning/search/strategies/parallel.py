@@ -26,10 +26,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
-from pytorch_lightning.utilities.seed import isolate_rng
 
+from vtss_lightning._random import seeded
+from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.guard import free_device_memory, is_out_of_memory
-from vtss_lightning.search.stack import (
+from vtss_lightning.search.strategies._stack import (
     MemberState,
     OptimizerSpec,
     Stack,
@@ -40,8 +41,15 @@ from vtss_lightning.search.stack import (
     training_loss,
     without_metrics,
 )
-from vtss_lightning.search.stack import _first_line as first_line
-from vtss_lightning.search.strategies import RetrainScorer, clone_module, seed_all, state_key
+from vtss_lightning.search.strategies._stack import _first_line as first_line
+from vtss_lightning.search.strategies.base import (
+    BaseScorer,
+    Job,
+    Scored,
+    clone_module,
+    full_budget,
+    is_full_batch,
+)
 
 SNAPSHOTS = ("best", "last")
 
@@ -102,25 +110,14 @@ class Member:
         return value if math.isfinite(value) else math.nan
 
 
-def full_budget(loader, settings) -> int:
-    """Optimizer steps of a Lightning fit over ``loader`` with the trainer's limits."""
-    per_epoch = len(loader)
-    epochs = settings.kwargs.get("max_epochs")
-    steps = settings.kwargs.get("max_steps")
-    steps = steps if steps is not None and steps > 0 else math.inf
-    if epochs is None or epochs < 0:
-        epochs = math.inf if steps < math.inf else 1000  # Lightning's default
-    budget = min(epochs * per_epoch, steps)
-    return int(budget)
-
-
-class ParallelScorer(RetrainScorer):
+class ParallelScorer(BaseScorer):
     """Score candidates by training them together as one stacked model.
 
     Parameters
     ----------
     template, settings, seed
-        As :class:`RetrainScorer` (the fallback).
+        As :class:`~vtss_lightning.search.strategies.base.BaseScorer`, whose retrain
+        recipe is the fallback.
     snapshot
         ``"last"``: each member's score and weights are those of its final step, like
         ``retrain``; ``"best"``: of its best epoch by balanced validation loss.
@@ -145,15 +142,11 @@ class ParallelScorer(RetrainScorer):
     ) -> None:
         super().__init__(template, settings, seed, keep_states=keep_states)
         if snapshot not in SNAPSHOTS:
-            from vtss_lightning.errors import VTSSError
-
             raise VTSSError(f"snapshot must be 'best' or 'last', got {snapshot!r}")
         self.snapshot = snapshot
         self.memory_budget_mb = memory_budget_mb
         self.verbose = verbose
-        self.fallback_reason: str | None = None
         self.chunk_size: int | None = None
-        self.statuses: dict[int, str] = {}  # why a member scored NaN (read by score_jobs)
         self._oom_cap: int | None = None  # members per stack after running out of memory
         self._base = None
         self._full_state: dict[str, torch.Tensor] = {}
@@ -161,10 +154,14 @@ class ParallelScorer(RetrainScorer):
         self._spec: OptimizerSpec | None = None
 
     # ------------------------------------------------------------ scoring
-    def score_many(self, dm, jobs: list[tuple[int, dict[int, int]]]) -> Iterator:
-        """Yield ``(candidate index, loss, seconds)``; see :func:`engine.score_jobs`."""
+    def score_many(self, dm, jobs: list[Job]) -> Iterator[Scored]:
+        """Yield ``(candidate index, loss, seconds)`` as each stack finishes.
+
+        A module that cannot be stacked trains one candidate at a time with the
+        retrain recipe, guarded like ``retrain``.
+        """
         if not self.prepare(dm):
-            yield from self._retrain_jobs(dm, jobs)
+            yield from super().score_many(dm, jobs)
             return
         members = self.members(dm, jobs)
         for chunk in self.chunks(members):
@@ -180,13 +177,9 @@ class ParallelScorer(RetrainScorer):
         return m.index, m.loss(), m.seconds
 
     def score(self, dm, sizes: Mapping[int, int]) -> float:
+        if not self.prepare(dm):
+            return super().score(dm, sizes)  # the retrain recipe
         return next(iter(self.score_many(dm, [(0, dict(sizes))])))[1]
-
-    def _retrain_jobs(self, dm, jobs) -> Iterator:
-        for i, sizes in jobs:
-            t0 = time.perf_counter()
-            loss = RetrainScorer.score(self, dm, sizes)
-            yield i, loss, time.perf_counter() - t0
 
     # --------------------------------------------------------- preparation
     def prepare(self, dm) -> bool:
@@ -205,6 +198,9 @@ class ParallelScorer(RetrainScorer):
 
     def _blocker(self, dm) -> str | None:
         kw = self.settings.kwargs
+        if self.settings.callbacks:
+            names = ", ".join(type(c).__name__ for c in self.settings.callbacks)
+            return f"the trainer's callbacks ({names}) shape training; only retrain replays them"
         if str(kw.get("precision") or "32-true") not in ("32", "32-true"):
             return f"precision {kw['precision']} is not replayed by the stacked loop"
         if kw.get("gradient_clip_val"):
@@ -226,8 +222,7 @@ class ParallelScorer(RetrainScorer):
         if not getattr(base, "automatic_optimization", True):
             return "the module uses manual optimization"
         device = self.settings.device()
-        with isolate_rng():
-            seed_all(self.seed)
+        with seeded(self.seed):
             if not any(True for _ in base.parameters()) and hasattr(base, "configure_from_data"):
                 base.configure_from_data(dm)
         if not any(True for _ in base.parameters()):
@@ -256,7 +251,7 @@ class ParallelScorer(RetrainScorer):
 
     def members(self, dm, jobs) -> list[Member]:
         device = self.settings.device()
-        full = bool(getattr(self._base, "full_batch", False))
+        full = is_full_batch(self._base)
         out = []
         for i, sizes in jobs:
             loader = dm.make_train_loader(sizes, full_batch=full)
@@ -339,8 +334,7 @@ class ParallelScorer(RetrainScorer):
         x_val, y_val = split.x_val.to(device), split.y_val.to(device)
         active = [m for m in members if m.steps < targets[m.index]]
         t0 = time.perf_counter()
-        with isolate_rng():
-            seed_all(self.seed + members[0].steps)
+        with seeded(self.seed + members[0].steps):
             while active:
                 stack = Stack(self._base, [m.state for m in active], self._spec, self._batched)
                 done = self._run(stack, active, targets, x_val, y_val, dm.num_classes)
@@ -392,13 +386,55 @@ class ParallelScorer(RetrainScorer):
             m.best_loss = torch.where(better, loss, m.best_loss)
             m.best = {n: torch.where(better, w, m.best[n]) for n, w in weights.items()}
 
-    def finish(self, m: Member) -> None:
+    def finish(self, m: Member, keep: bool = True) -> None:
         """Keep the member's chosen weights for reuse and drop its training state."""
-        if self.keep_states:
-            self._states[state_key(m.sizes)] = self._state_dict(m.best)
+        if keep and self.keep_states:
+            self.keep(m.sizes, self._state_dict(m.best))
         m.state = MemberState({}, {})
         m.epoch_x = m.epoch_y = None
 
     def _state_dict(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         full = self._full_state  # the module's keys, metrics' persistent states included
         return {k: weights.get(k, v).detach().cpu().clone() for k, v in full.items()}
+
+
+class StackedRungs:
+    """Halving rungs as stacked models: survivors continue from where they stopped.
+
+    Offered to :class:`~vtss_lightning.search.strategies.halving.HalvingScorer` by the
+    strategy registry; ``begin`` returns ``None`` when the module cannot be stacked
+    (the halving then runs on its fallback rungs, with ``fallback_reason`` set).
+    """
+
+    def __init__(self, scorer: ParallelScorer) -> None:
+        self.scorer = scorer
+        self.statuses = scorer.statuses
+        self._members: list[Member] = []
+
+    @property
+    def fallback_reason(self) -> str | None:
+        return self.scorer.fallback_reason
+
+    def begin(self, dm, jobs: list[Job]) -> list[int] | None:
+        if not self.scorer.prepare(dm):
+            return None
+        self._members = self.scorer.members(dm, jobs)
+        return [m.budget for m in self._members]
+
+    def advance(self, dm, alive: list[int], steps: int) -> dict[int, float]:
+        for chunk in self.scorer.chunks([self._members[j] for j in alive]):
+            self.scorer.train(dm, chunk, {m.index: steps for m in chunk})
+        return {j: self._members[j].loss() for j in alive}
+
+    def prune(self, j: int) -> float:
+        m = self._members[j]
+        if m.failed is not None:
+            self.statuses[m.index] = m.failed
+        self.scorer.finish(m, keep=False)
+        return m.seconds
+
+    def complete(self, dm, alive: list[int]) -> Iterator[Scored]:
+        for chunk in self.scorer.chunks([self._members[j] for j in alive]):
+            self.scorer.train(dm, chunk, {m.index: m.budget for m in chunk})
+            for m in chunk:
+                yield self.scorer.result(m)

@@ -1,0 +1,70 @@
+"""Seeds, derived seeds and size rounding: one definition each for the whole package.
+
+Every fit, generator and split in a search is seeded from the user's ``seed`` through
+:func:`derive_seed`, so runs repeat bit for bit and the streams of different jobs
+(one generator per class, one fold, one epoch of image augmentation) never coincide.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+#: Salts that separate the seed streams derived from one user seed.
+GENERATOR_FIT_SALT = 1009  # fitting the generator of class k
+GENERATOR_SAMPLE_SALT = 7919  # sampling the pool of class k
+AUGMENT_PASS_SALT = 1_000_003  # per-pass image augmentation
+AUGMENT_BATCH_SALT = 10_007  # per-batch image augmentation
+
+#: Rows per forward pass when a model scores many rows (validation, test, statistics).
+EVAL_CHUNK_ROWS = 8192
+
+
+def derive_seed(seed: int, salt: int, index: int = 0) -> int:
+    """A seed for the ``index``-th job of the stream named by ``salt``."""
+    return int(seed) * int(salt) + int(index)
+
+
+def seed_all(seed: int, cuda: bool = True) -> None:
+    """Seed ``random``, numpy and torch (CUDA too unless ``cuda=False``)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    if cuda:
+        torch.manual_seed(seed)
+    else:  # do not queue a lazy CUDA seed on machines that never use CUDA here
+        torch.default_generator.manual_seed(seed)
+
+
+@contextmanager
+def seeded(seed: int, cuda: bool | None = None) -> Iterator[None]:
+    """Run the block with every global RNG seeded by ``seed``, then restore them all.
+
+    The caller's own random streams are untouched, and what runs inside depends on
+    ``seed`` only. ``cuda=None`` includes the CUDA generators wherever CUDA is
+    available (as Lightning's ``isolate_rng`` does); ``False`` leaves them alone.
+    """
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    torch_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if cuda else None
+    try:
+        seed_all(seed, cuda=cuda)
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+def round_half_up(x: float) -> int:
+    """``round`` with halves going up (Python's ``round`` sends halves to even)."""
+    return int(math.floor(x + 0.5))

@@ -1,0 +1,131 @@
+"""SearchConfig: every setting of a VTSS search, validated once, in one place.
+
+:class:`~vtss_lightning.search.callback.VTSSCallback`,
+:class:`~vtss_lightning.search.tuner.VTSSTuner`, the engine, the strategies and the
+progress fingerprint all read the same frozen object, so a setting is checked once
+and cannot drift between them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from vtss_lightning.errors import VTSSError
+
+#: Ways of training the candidates (see :mod:`vtss_lightning.search.strategies`).
+STRATEGY_NAMES = ("retrain", "finetune", "parallel", "halving", "parallel_halving", "ray")
+#: Rules that pick the winner (see :mod:`vtss_lightning.search.selection`).
+SELECTION_RULES = ("min", "one_se", "smooth")
+GRIDS = ("default", "tg")
+SNAPSHOTS = ("best", "last")
+
+#: Settings that do not change any candidate's score (left out of the fingerprint).
+NOT_SCORING = ("verbose", "progress", "progress_path", "refit")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The settings of one search; see :class:`VTSSCallback` for what each one does."""
+
+    ratios: tuple[float, ...] | None = None
+    sizes: tuple[dict[str, int], ...] | None = None
+    grid: str = "default"
+    strategy: str = "retrain"
+    folds: int | None = None
+    repeats: int = 1
+    finetune_fraction: float = 0.3
+    selection: str = "min"
+    verbose: bool = True
+    seed: int = 0
+    progress: bool = True
+    progress_path: str | None = None
+    halving_eta: float = 3.0
+    refit: bool = True
+    snapshot: str = "last"
+    candidate_callbacks: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.ratios is not None:
+            object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))
+        if self.sizes is not None:
+            object.__setattr__(self, "sizes", tuple(dict(s) for s in self.sizes))
+        object.__setattr__(self, "halving_eta", float(self.halving_eta))
+        object.__setattr__(self, "refit", bool(self.refit))
+        if self.candidate_callbacks is not None:
+            names = tuple(str(n) for n in self.candidate_callbacks)
+            object.__setattr__(self, "candidate_callbacks", names)
+        for check in (_check_names, _check_grid, _check_validation, _check_strategy_settings):
+            check(self)
+
+    @property
+    def reuses_winner(self) -> bool:
+        """Whether the winner's weights may become the final model (hold-out, no refit)."""
+        return not self.refit and self.folds is None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ratios"] = None if self.ratios is None else list(self.ratios)
+        out["sizes"] = None if self.sizes is None else [dict(s) for s in self.sizes]
+        names = self.candidate_callbacks
+        out["candidate_callbacks"] = None if names is None else list(names)
+        return out
+
+    def scoring_settings(self) -> dict[str, Any]:
+        """The settings that decide the candidates' scores (the progress fingerprint)."""
+        out = self.to_dict()
+        for name in NOT_SCORING:
+            out.pop(name)
+        return out
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+def _one_of(name: str, value: Any, allowed: tuple[str, ...], what: str | None = None) -> None:
+    if value not in allowed:
+        raise VTSSError(f"unknown {what or name} {value!r}; choose one of {', '.join(allowed)}")
+
+
+def _check_names(cfg: SearchConfig) -> None:
+    _one_of("strategy", cfg.strategy, STRATEGY_NAMES)
+    _one_of("selection", cfg.selection, SELECTION_RULES, "selection rule")
+    if cfg.grid not in GRIDS:
+        raise VTSSError(f"grid must be 'default' or 'tg', got {cfg.grid!r}")
+    if cfg.snapshot not in SNAPSHOTS:
+        raise VTSSError(f"snapshot must be 'best' or 'last', got {cfg.snapshot!r}")
+
+
+def _check_grid(cfg: SearchConfig) -> None:
+    if cfg.grid == "tg" and (cfg.ratios is not None or cfg.sizes is not None):
+        raise VTSSError('grid="tg" chooses its own candidates; drop ratios= and sizes=')
+    if cfg.ratios is not None and cfg.sizes is not None:
+        raise VTSSError("give ratios= or sizes=, not both")
+    if cfg.ratios is not None:
+        if not cfg.ratios:
+            raise VTSSError("ratios= is empty; give at least one candidate")
+        bad = [r for r in cfg.ratios if not math.isfinite(r) or r < 0]
+        if bad:
+            raise VTSSError(f"ratios must be finite and >= 0, got {bad}")
+    if cfg.sizes is not None and not cfg.sizes:
+        raise VTSSError("sizes= is empty; give at least one candidate")
+
+
+def _check_validation(cfg: SearchConfig) -> None:
+    if cfg.folds is not None and cfg.folds < 2:
+        raise VTSSError(f"folds must be >= 2 (or None for the hold-out), got {cfg.folds}")
+    if cfg.repeats < 1:
+        raise VTSSError(f"repeats must be >= 1, got {cfg.repeats}")
+    if cfg.selection == "one_se" and cfg.folds is None:
+        raise VTSSError('selection="one_se" needs folds (e.g. folds=5, repeats=5)')
+
+
+def _check_strategy_settings(cfg: SearchConfig) -> None:
+    if "halving" in cfg.strategy and cfg.folds is not None:
+        raise VTSSError("halving strategies use the hold-out; drop folds= or use 'parallel'")
+    if cfg.halving_eta <= 1:
+        raise VTSSError(f"halving_eta must be > 1, got {cfg.halving_eta}")
+    if not 0 < cfg.finetune_fraction <= 1:
+        raise VTSSError(f"finetune_fraction must be in (0, 1], got {cfg.finetune_fraction}")
