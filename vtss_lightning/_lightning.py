@@ -15,6 +15,7 @@ pl``, so this package
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from types import ModuleType
@@ -83,6 +84,7 @@ def _shared_methods(class_name: str) -> set[str]:
     return names or set()
 
 
+@functools.cache
 def dual_base(class_name: str) -> type:
     """A base class deriving from ``class_name`` of every installed Lightning package.
 

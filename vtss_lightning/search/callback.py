@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # either Lightning package at run time (vtss_lightning._light
 REQUIRED_DATA_API = ("class_gaps", "prepare_pool", "set_synthetic_sizes", "make_train_loader")
 
 
-class VTSSCallback(*_lightning.bases("Callback")):
+class VTSSCallback(_lightning.dual_base("Callback")):
     """Pick the synthetic size with the lowest balanced validation loss, in ``fit``.
 
     At ``on_fit_start`` every candidate is trained in a fresh inner Trainer (same
@@ -160,6 +160,8 @@ class VTSSCallback(*_lightning.bases("Callback")):
         if self.result is None:  # a fit resumed from a checkpoint has its result already
             self.result = self._search(trainer, pl_module, dm)
             self._reused = self._reuse_winner(trainer, pl_module)
+        if self.result.pool_index_sizes:  # the search's pool, so the winner's rows are reused
+            dm.prepare_pool(self.result.pool_index_sizes)
         dm.set_synthetic_sizes(self.result.selected_index_sizes)
         log_search(self.result, trainer.loggers)
         if self._reused:  # no step will be taken: no sanity check, no empty bars

@@ -118,6 +118,7 @@ class SearchEngine:
             selected_ratio=chosen.ratio,
             selected_sizes=dict(chosen.sizes),
             selected_index_sizes=chosen_cand.sizes(holdout_gaps),
+            pool_index_sizes=max_sizes(candidates, holdout_gaps),
             diagnostics={
                 **self._diagnostics(dm, holdout_gaps, len(splits)),
                 **self._spread(results, losses, balance_total),

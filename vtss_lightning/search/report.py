@@ -30,7 +30,7 @@ class CandidateResult:
 
 @dataclass
 class VTSSResult:
-    """Outcome of a VTSS search, serialisable to the report contract in DESIGN.md.
+    """Outcome of a VTSS search, serialisable to ``vtss_report.json``.
 
     Sizes are keyed by the class label as text (``{"malignant": 240}``); the class
     indices the DataModule uses are kept in ``selected_index_sizes``.
@@ -44,6 +44,9 @@ class VTSSResult:
     diagnostics: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    #: Rows per class index the hold-out's pool is drawn with (the grid's largest
+    #: candidate): the final fit draws the same pool, so its rows are the candidate's.
+    pool_index_sizes: dict[int, int] = field(default_factory=dict)
     #: Weights of the winner when the search trained it with the final settings (not
     #: serialised; the callback loads them instead of refitting).
     final_state: dict[str, Any] | None = field(default=None, repr=False, compare=False)
@@ -61,6 +64,7 @@ class VTSSResult:
             "timing": self.timing,
             "config": self.config,
             "selected_index_sizes": {str(k): v for k, v in self.selected_index_sizes.items()},
+            "pool_index_sizes": {str(k): v for k, v in self.pool_index_sizes.items()},
         }
         if self.test_metrics is not None:
             out["test_metrics"] = self.test_metrics
@@ -77,6 +81,9 @@ class VTSSResult:
             diagnostics=data.get("diagnostics", {}),
             timing=data.get("timing", {}),
             config=data.get("config", {}),
+            pool_index_sizes={
+                int(k): int(v) for k, v in data.get("pool_index_sizes", {}).items()
+            },
         )
 
     def to_json(self, path: str | Path | None = None) -> str:

@@ -52,5 +52,7 @@ class VTSSTuner:
             model.configure_from_data(datamodule)
         path = progress_path or self.config.progress_path
         result = run_search(self.config, datamodule, model, self.settings, path)
+        if result.pool_index_sizes:  # the search's pool: the final fit sees the winner's rows
+            datamodule.prepare_pool(result.pool_index_sizes)
         datamodule.set_synthetic_sizes(result.selected_index_sizes)
         return result

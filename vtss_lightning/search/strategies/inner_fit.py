@@ -65,7 +65,7 @@ def candidate_callbacks(callbacks: Sequence[Any], names: Sequence[str] | None) -
     return [copy.deepcopy(c) for c in chosen]
 
 
-class CandidateDataModule(*_lightning.bases("LightningDataModule")):
+class CandidateDataModule(_lightning.dual_base("LightningDataModule")):
     """The user's DataModule as one candidate sees it: its training rows, the split's
     validation rows, and every other attribute of the real DataModule.
 

@@ -1,0 +1,282 @@
+"""VTSSCallback added to an existing Lightning project, as a user would.
+
+Both Lightning packages (``lightning.pytorch`` and ``pytorch_lightning``), the user's
+own module, ModelCheckpoint, EarlyStopping, loggers, ``test``/``predict`` and resume.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import progress_lines, tabular_dm
+from torch import nn
+
+from vtss_lightning import VTSSCallback, VTSSTuner
+from vtss_lightning.models import TabularClassifier
+from vtss_lightning.search.loggers import log_figure
+
+PACKAGES = [
+    pytest.param(
+        name,
+        marks=pytest.mark.skipif(importlib.util.find_spec(name.split(".")[0]) is None, reason=name),
+    )
+    for name in ("lightning.pytorch", "pytorch_lightning")
+]
+RATIOS = [0.0, 1.0, 2.0]
+
+
+def user_module_class(L):
+    """A user's own LightningModule of package ``L``, sized in ``configure_model`` from
+    ``self.trainer.datamodule`` (the README's recipe), logging ``val_loss``."""
+
+    class UserMLP(L.LightningModule):
+        def __init__(self, lr: float = 0.05):
+            super().__init__()
+            self.lr = lr
+            self.net: nn.Module | None = None
+            self.seen_sizes: list[dict] = []
+
+        def configure_model(self):
+            if self.net is None:
+                dm = self.trainer.datamodule
+                self.seen_sizes.append(dict(dm.synthetic_sizes))
+                torch.manual_seed(0)
+                self.net = nn.Sequential(
+                    nn.Linear(dm.n_features, 8), nn.ReLU(), nn.Linear(8, dm.num_classes)
+                )
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.cross_entropy(self(x), y)
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val_loss", F.cross_entropy(self(x), y), prog_bar=False)
+
+        def test_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("test_loss", F.cross_entropy(self(x), y))
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+    return UserMLP
+
+
+def make_dm(seed: int = 0):
+    return tabular_dm(120, 30, n_test=40, seed=seed, batch_size=32)
+
+
+def trainer_of(L, root: Path, **kwargs):
+    from importlib import import_module
+
+    callbacks_mod = import_module(f"{L.__name__}.callbacks")
+    loggers_mod = import_module(f"{L.__name__}.loggers")
+    checkpoint = callbacks_mod.ModelCheckpoint(monitor="val_loss", save_last=True)
+    stopping = callbacks_mod.EarlyStopping(monitor="val_loss", patience=1)
+    vtss = kwargs.pop("vtss", None) or VTSSCallback(ratios=RATIOS, progress=False)
+    trainer = L.Trainer(
+        max_epochs=kwargs.pop("max_epochs", 4),
+        accelerator="cpu",
+        default_root_dir=str(root),
+        logger=[loggers_mod.CSVLogger(str(root), name="csv")],
+        callbacks=[vtss, checkpoint, stopping, *kwargs.pop("callbacks", [])],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
+    return trainer, vtss, checkpoint, stopping
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_an_existing_lightning_script_runs_fit_test_predict_and_resume(tmp_path, package):
+    L = importlib.import_module(package)
+    dm = make_dm()
+    model = user_module_class(L)()
+    trainer, vtss, checkpoint, stopping = trainer_of(L, tmp_path / "run")
+    trainer.fit(model, datamodule=dm)
+
+    # the search ran; every candidate fit saw the DataModule with its own sizes
+    assert vtss.result is not None and len(vtss.result.candidates) == len(RATIOS)
+    assert vtss.result.selected_index_sizes == dm.synthetic_sizes
+    # the user's checkpoints hold the final model, best and last
+    assert Path(checkpoint.best_model_path).is_file()
+    assert Path(checkpoint.last_model_path).is_file()
+    assert trainer.global_step > 0 and "val_loss" in trainer.callback_metrics
+    # the user's logger has the validation metric and the VTSS curve and selection
+    metrics_csv = next((tmp_path / "run" / "csv").rglob("metrics.csv"))
+    header = next(csv.reader(metrics_csv.open()))
+    assert {"val_loss", "vtss/val_balanced_loss", "vtss/selected_ratio"} <= set(header)
+    # test and predict work with only the DataModule
+    (tested,) = trainer.test(datamodule=dm, verbose=False)
+    assert "test_loss" in tested
+    predictions = trainer.predict(model, datamodule=dm)
+    assert sum(len(p) for p in predictions) == len(dm.y_test)
+
+    # resuming from the last checkpoint neither searches nor trains again
+    steps = trainer.global_step
+    again, vtss2, _, _ = trainer_of(L, tmp_path / "run")
+    model2 = user_module_class(L)()
+    again.fit(model2, datamodule=make_dm(), ckpt_path=checkpoint.last_model_path)
+    assert again.global_step == steps
+    assert vtss2.result.selected_ratio == vtss.result.selected_ratio
+    assert model2.seen_sizes == [dm.synthetic_sizes]  # the final model only: no candidate fit
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_tuner_accepts_either_packages_module(package):
+    L = importlib.import_module(package)
+    dm = make_dm()
+    result = VTSSTuner(
+        {"max_epochs": 2, "accelerator": "cpu"}, ratios=RATIOS, verbose=False
+    ).search(user_module_class(L)(), dm)
+    assert len(result.candidates) == len(RATIOS) and result.selected_ratio in RATIOS
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_builtin_models_train_under_either_package(tmp_path, package):
+    L = importlib.import_module(package)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        default_root_dir=str(tmp_path),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[VTSSCallback(ratios=RATIOS, progress=False, verbose=False)],
+    )
+    dm = make_dm()
+    trainer.fit(TabularClassifier(), datamodule=dm)
+    report = json.loads((tmp_path / "vtss_report.json").read_text())
+    assert report["test_metrics"]["balanced_log_loss"] > 0
+
+
+class CountingCallback:
+    """A user's callback that shapes training: records every fit it took part in."""
+
+    fits: list[int] = []
+
+
+def test_candidates_get_the_callbacks_that_shape_training(tmp_path):
+    import pytorch_lightning as pl
+
+    class Recorder(pl.Callback):
+        def on_train_end(self, trainer, pl_module):
+            CountingCallback.fits.append(trainer.current_epoch)
+
+    CountingCallback.fits.clear()
+    trainer, vtss, checkpoint, stopping = trainer_of(
+        pl, tmp_path, callbacks=[Recorder()], max_epochs=30
+    )
+    trainer.fit(user_module_class(pl)(lr=0.2), datamodule=make_dm())
+    # one fit per candidate and the final one, each stopped by its own EarlyStopping copy
+    assert len(CountingCallback.fits) == len(RATIOS) + 1
+    assert all(epochs < 30 for epochs in CountingCallback.fits)
+    assert stopping.stopped_epoch > 0  # the user's own EarlyStopping ran on the final fit
+    # candidate fits never wrote checkpoints of their own
+    assert len(list(Path(tmp_path).rglob("*.ckpt"))) == 2  # best and last of the final fit
+
+
+def test_candidate_callbacks_list_overrides_the_rule(tmp_path):
+    import pytorch_lightning as pl
+
+    CountingCallback.fits.clear()
+
+    class Recorder(pl.Callback):
+        def on_train_end(self, trainer, pl_module):
+            CountingCallback.fits.append(trainer.current_epoch)
+
+    vtss = VTSSCallback(ratios=RATIOS, progress=False, candidate_callbacks=[])
+    trainer, *_ = trainer_of(pl, tmp_path, vtss=vtss, callbacks=[Recorder()], max_epochs=3)
+    trainer.fit(user_module_class(pl)(), datamodule=make_dm())
+    assert len(CountingCallback.fits) == 1  # the final fit only
+
+
+def test_refit_false_reuses_the_winner_and_a_resume_does_not_train_it(tmp_path):
+    import pytorch_lightning as pl
+
+    vtss = VTSSCallback(ratios=RATIOS, progress=False, refit=False, candidate_callbacks=[])
+    trainer, *_ = trainer_of(pl, tmp_path, vtss=vtss, max_epochs=3)
+    model = TabularClassifier(hidden_dims=[8], optimizer="adamw", lr=0.01)
+    trainer.fit(model, datamodule=make_dm())
+    assert trainer.global_step == 0 and vtss.result.timing["final_fit_seconds"] == 0.0
+    path = tmp_path / "reused.ckpt"
+    trainer.save_checkpoint(path)
+    vtss2 = VTSSCallback(ratios=RATIOS, progress=False, refit=False, candidate_callbacks=[])
+    again, *_ = trainer_of(pl, tmp_path / "again", vtss=vtss2, max_epochs=3)
+    again.fit(
+        TabularClassifier(hidden_dims=[8], optimizer="adamw", lr=0.01),
+        datamodule=make_dm(),
+        ckpt_path=path,
+    )
+    assert again.global_step == 0
+
+
+class _WandbLike:
+    """Stands in for WandbLogger (the real one needs an account): ``log_image``."""
+
+    def __init__(self):
+        self.experiment, self.figures = object(), []
+
+    def log_image(self, key, images):
+        self.figures.append((key, len(images)))
+
+
+class _MLflowLike:
+    """Stands in for MLFlowLogger (the real one needs a server): ``run_id`` + ``log_figure``."""
+
+    def __init__(self):
+        self.run_id, self.figures = "run-1", []
+        figures = self.figures
+
+        class Client:
+            def log_figure(self, run_id, figure, artifact_file):
+                figures.append((run_id, artifact_file))
+
+        self.experiment = Client()
+
+
+def test_the_curve_figure_goes_through_each_loggers_own_api():
+    import matplotlib.pyplot as plt
+
+    wandb, mlflow = _WandbLike(), _MLflowLike()
+    assert log_figure(wandb, "vtss/curve", plt.figure())
+    assert log_figure(mlflow, "vtss/curve", plt.figure())
+    assert not log_figure(object(), "vtss/curve", plt.figure())  # nothing to send it through
+    plt.close("all")
+    assert wandb.figures == [("vtss/curve", 1)]
+    assert mlflow.figures == [("run-1", "vtss_curve.png")]
+
+
+def test_tensorboard_logger_gets_the_figure(tmp_path):
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=TensorBoardLogger(str(tmp_path)),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[VTSSCallback(ratios=RATIOS, progress=False, verbose=False)],
+    )
+    trainer.fit(TabularClassifier(), datamodule=make_dm())
+    events = list(Path(tmp_path).rglob("events.out.tfevents.*"))
+    assert events and any(e.stat().st_size > 1000 for e in events)  # the image is in there
+
+
+def test_verbose_search_prints_a_line_per_candidate(tmp_path, capsys):
+    import pytorch_lightning as pl
+
+    trainer, *_ = trainer_of(pl, tmp_path, vtss=VTSSCallback(ratios=RATIOS, progress=False))
+    trainer.fit(user_module_class(pl)(), datamodule=make_dm())
+    assert len(progress_lines(capsys.readouterr().out)) == len(RATIOS)
