@@ -245,7 +245,7 @@ def test_parallel_strategy_falls_back_to_retrain_when_images_are_augmented():
 def test_parallel_image_classifier_with_batch_norm_replays_retrain():
     """Stacked convolutions with batch norm (batch statistics per member, running
     statistics per member for the evaluation) score what one-at-a-time fits score."""
-    from vtss_lightning.search.engine import score_jobs
+    from vtss_lightning.search.scores import score_jobs
     from vtss_lightning.search.strategies import RetrainScorer, TrainerSettings
     from vtss_lightning.search.strategies.parallel import ParallelScorer
 

@@ -280,3 +280,72 @@ def test_verbose_search_prints_a_line_per_candidate(tmp_path, capsys):
     trainer, *_ = trainer_of(pl, tmp_path, vtss=VTSSCallback(ratios=RATIOS, progress=False))
     trainer.fit(user_module_class(pl)(), datamodule=make_dm())
     assert len(progress_lines(capsys.readouterr().out)) == len(RATIOS)
+
+
+def test_two_cpu_devices_search_once_and_match_one_device(tmp_path):
+    """devices=2 with ddp_spawn (gloo): one search (on rank 0), a clean end, and the
+    same selection, losses and test metrics as on one device."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).with_name("_ddp_run.py")
+    reports, outputs = [], []
+    for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
+        root = tmp_path / f"d{devices}"
+        done = subprocess.run(
+            [sys.executable, str(script), str(root), str(devices), strategy],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs.append(done.stdout)
+        reports.append(json.loads((root / "vtss_report.json").read_text()))
+    one, two = reports
+    assert len(progress_lines(outputs[1])) == 3  # each candidate once: rank 0 searched alone
+    assert two["selected_ratio"] == one["selected_ratio"]
+    assert [c["val_balanced_loss"] for c in two["candidates"]] == pytest.approx(
+        [c["val_balanced_loss"] for c in one["candidates"]], abs=1e-6
+    )
+    assert two["test_metrics"] == pytest.approx(one["test_metrics"], abs=1e-5)
+
+
+CLI_CONFIG = """
+trainer:
+  max_epochs: 1
+  default_root_dir: {root}
+  logger: false
+  enable_checkpointing: false
+  enable_progress_bar: false
+  callbacks:
+    - class_path: vtss_lightning.VTSSCallback
+      init_args: {{ratios: [0.0, 1.0], progress: false, verbose: false}}
+model:
+  class_path: vtss_lightning.models.TabularClassifier
+data:
+  class_path: vtss_lightning.data.TabularDataModule
+  init_args: {{dataset: breast_cancer}}
+{vtss}
+"""
+
+
+def test_cli_takes_the_callback_from_trainer_callbacks(tmp_path):
+    from vtss_lightning.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(CLI_CONFIG.format(root=tmp_path, vtss=""))
+    main(["fit", "--config", str(config)])
+    report = json.loads(next(tmp_path.rglob("vtss_report.json")).read_text())
+    assert [c["ratio"] for c in report["candidates"]] == [0.0, 1.0]  # the listed callback's grid
+
+
+def test_cli_refuses_the_callback_in_both_places(tmp_path, capsys):
+    from vtss_lightning.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(CLI_CONFIG.format(root=tmp_path, vtss="vtss: {ratios: [0.0, 2.0]}"))
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", str(config)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("vtss: error: VTSSCallback is configured twice")

@@ -345,3 +345,23 @@ def test_result_json_has_no_nan():
     text = result.to_json()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text)["test_metrics"]["auprc"] is None
+
+
+def test_search_shows_each_fold_and_generator_fit_as_it_happens(capsys):
+    dm = make_dm()
+    SearchEngine([0, 1, 2], folds=3, verbose=True).run(dm, FakeScorer(parabola), bar=True)
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    folds = [i for i, line in enumerate(lines) if "best ratio here" in line]
+    fitted = [i for i, line in enumerate(lines) if line.startswith("VTSS: fitted the generator")]
+    means = [i for i, line in enumerate(lines) if line.startswith("VTSS [")]
+    assert len(folds) == 3 and len(fitted) == 3 and len(means) == 3
+    assert fitted[0] < folds[0] < fitted[1] < folds[1] < fitted[2] < folds[2] < means[0]
+    assert "class 'pos'" in lines[fitted[0]]  # the label as written, not np.str_('pos')
+    assert "VTSS search" in err and "9/9" in err  # the live bar over the 3 x 3 fits
+
+
+def test_quiet_search_prints_nothing(capsys):
+    SearchEngine([0, 1], verbose=False).run(make_dm(), FakeScorer(parabola), bar=True)
+    out, err = capsys.readouterr()
+    assert out == "" and "VTSS" not in err

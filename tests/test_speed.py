@@ -16,7 +16,7 @@ from torch import nn
 from vtss_lightning import VTSSCallback
 from vtss_lightning.search import SearchEngine
 from vtss_lightning.search.config import SearchConfig
-from vtss_lightning.search.engine import score_jobs
+from vtss_lightning.search.scores import score_jobs
 from vtss_lightning.search.strategies import RetrainScorer, TrainerSettings, make_scorer
 from vtss_lightning.search.strategies._stack import (
     Stack,

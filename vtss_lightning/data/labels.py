@@ -49,3 +49,10 @@ class LabelCodec:
                 f"the {what} labels contain classes never seen in training: {unknown[:5]}"
             )
         return self._encoder.transform(keys).astype(np.int64)
+
+
+def label_text(label) -> str:
+    """A class label as the user wrote it, for messages: ``2`` or ``'fraud'``, never
+    ``np.int64(2)`` or ``np.str_('fraud')``."""
+    value = label.item() if isinstance(label, np.generic) else label
+    return repr(value) if isinstance(value, str) else str(value)

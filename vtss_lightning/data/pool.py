@@ -8,7 +8,8 @@ reach a model; :class:`SyntheticPool` keeps the draw and serves its prefixes.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,6 +23,7 @@ from vtss_lightning._random import (
     round_half_up,
 )
 from vtss_lightning.data.features import Features, as_frame, take_rows
+from vtss_lightning.data.labels import label_text
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.generators.base import Rows, SyntheticGenerator
 
@@ -116,6 +118,12 @@ class PoolBuilder:
         Class labels by index, for messages.
     seed
         The DataModule's seed.
+
+    Attributes
+    ----------
+    on_generator_fitted
+        Called with ``(who, seconds)`` after each class's generator is fitted (the
+        search shows it live: deep generators can take minutes).
     """
 
     def __init__(
@@ -125,6 +133,7 @@ class PoolBuilder:
         self.features = features
         self.classes = classes
         self.seed = seed
+        self.on_generator_fitted: Callable[[str, float], None] | None = None
 
     def prepare(self, split: PreparedSplit, sizes: Mapping[int, int]) -> SyntheticPool:
         """Fit the generators (once per split) and draw the pool at ``sizes``.
@@ -140,7 +149,7 @@ class PoolBuilder:
                 continue
             generator = split.generators.get(k) or self._fit_class(split, k)
             split.generators[k] = generator
-            where = f" for class {self.classes[k]!r}"
+            where = f" for class {label_text(self.classes[k])}"
             seed = derive_seed(self.seed, GENERATOR_SAMPLE_SALT, k)
             rows[k] = self.sample(split, generator, m, seed, where)
         split.pool = SyntheticPool(rows)
@@ -149,10 +158,15 @@ class PoolBuilder:
     def _fit_class(self, split: PreparedSplit, k: int) -> SyntheticGenerator:
         """Class ``k``'s generator, fitted on all its training rows with its own seed."""
         positions = torch.nonzero(split.y_train.cpu() == k).flatten().numpy()
-        where = f"class {self.classes[k]!r} after the split"
-        return self.fit_generator(
+        where = f"class {label_text(self.classes[k])} after the split"
+        t0 = time.perf_counter()
+        generator = self.fit_generator(
             split, positions, derive_seed(self.seed, GENERATOR_FIT_SALT, k), where
         )
+        if self.on_generator_fitted is not None:
+            who = f"class {label_text(self.classes[k])} ({len(positions)} rows, {split.name})"
+            self.on_generator_fitted(who, time.perf_counter() - t0)
+        return generator
 
     def fit_generator(
         self, split: PreparedSplit, positions: np.ndarray, seed: int, where: str

@@ -143,6 +143,9 @@ class VTSSCallback(_lightning.dual_base("Callback")):
         self._fit_started: float | None = None
         self._reused = False  # the winner's weights are the final model (no refit)
 
+    #: Marks the outer search's callback, which candidate fits never get a copy of.
+    runs_vtss_search = True
+
     @property
     def state_key(self) -> str:
         return "VTSSCallback"
@@ -177,7 +180,9 @@ class VTSSCallback(_lightning.dual_base("Callback")):
         )
         result = None
         if trainer.is_global_zero:
-            result = run_search(self.config, dm, pl_module, settings, self._progress_file(trainer))
+            bar = trainer.progress_bar_callback is not None  # the trainer's enable_progress_bar
+            path = self._progress_file(trainer)
+            result = run_search(self.config, dm, pl_module, settings, path, bar=bar)
         if trainer.world_size > 1:
             result = trainer.strategy.broadcast(result, src=0)
         return result

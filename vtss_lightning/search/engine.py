@@ -6,16 +6,18 @@ import math
 import resource
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.config import SearchConfig
+from vtss_lightning.search.display import SearchDisplay
 from vtss_lightning.search.grid import Candidate, build_candidates, max_sizes
 from vtss_lightning.search.guard import device_peak_mb, pool_megabytes
 from vtss_lightning.search.report import CandidateResult, VTSSResult
+from vtss_lightning.search.scores import MemoryStore, Scores, ScoreStore, score_jobs
 from vtss_lightning.search.selection import select
 from vtss_lightning.search.strategies.base import Scorer
 
@@ -56,11 +58,14 @@ class SearchEngine:
             return None
         return [sizes_by_index(dm, s) for s in self.config.sizes]
 
-    def run(self, dm, scorer: Scorer, store: ScoreStore | None = None) -> VTSSResult:
+    def run(
+        self, dm, scorer: Scorer, store: ScoreStore | None = None, bar: bool = False
+    ) -> VTSSResult:
         """Score every candidate on every split; ``store`` keeps finished scores.
 
         A store that already holds some (split, candidate) scores, e.g. from an
-        interrupted run, makes the engine skip those fits.
+        interrupted run, makes the engine skip those fits. ``bar`` draws a live bar
+        over the fits (with ``verbose``).
         """
         start = time.perf_counter()
         store = MemoryStore() if store is None else store
@@ -69,47 +74,52 @@ class SearchEngine:
             return self._balanced_result(dm, start)
         candidates = build_candidates(holdout_gaps, self.ratios, self._index_sizes(dm))
         splits = [None] if self.folds is None else list(dm.fold_indices(self.folds, self.repeats))
-        losses = [[math.nan] * len(splits) for _ in candidates]
-        seconds = [0.0] * len(candidates)
-        notes: dict[int, str] = {}  # why a candidate failed or was trained differently
-        pool_mb = 0.0
-        for s, split in enumerate(splits):
-            pending = []
-            for i in range(len(candidates)):
-                done = store.get(s, i)
-                if done is None:
-                    pending.append(i)
-                else:
-                    losses[i][s], secs = done
-                    seconds[i] += secs
-            if not pending:
-                continue
-            ctx = nullcontext() if split is None else dm.use_split(*split)
-            with ctx:
-                gaps = dm.class_gaps()
-                pool_mb = max(pool_mb, pool_megabytes(dm.prepare_pool(max_sizes(candidates, gaps))))
-                scorer.begin_split(dm)
-                jobs = [(i, candidates[i].sizes(gaps)) for i in pending]
-                for i, loss, secs in score_jobs(scorer, dm, jobs, notes):  # as each finishes
-                    loss = loss if math.isfinite(loss) else math.nan
-                    losses[i][s] = loss
-                    seconds[i] += secs
-                    store.put(s, i, loss, secs)
-                    if self.verbose and split is None:
-                        self._progress(
-                            dm, i, len(candidates), candidates[i], holdout_gaps, loss, secs
-                        )
-                if self.verbose and split is not None:
-                    best = min(range(len(candidates)), key=lambda i: _nan_last(losses[i][s]))
-                    self._say(f"VTSS {split[0]}: best ratio here {_ratio_text(candidates[best])}")
+        grid = Scores(candidates, len(splits))
+        todo = grid.restore(store)
+        display = SearchDisplay(sum(len(p) for p in todo), self.verbose, bar)
+        try:
+            for s, split in enumerate(splits):
+                if todo[s]:
+                    self._score_split(dm, scorer, store, grid, s, split, todo[s], display)
+        finally:
+            display.close()
+        return self._result(dm, grid, holdout_gaps, len(splits), start)
+
+    def _score_split(self, dm, scorer, store, grid, s, split, pending, display) -> None:
+        """Train and score the pending candidates of split ``s`` (``None``: the hold-out)."""
+        candidates = grid.candidates
+        with nullcontext() if split is None else dm.use_split(*split):
+            gaps = dm.class_gaps()
+            _report_generator_fits(dm, display)
+            grid.pool_mb = max(
+                grid.pool_mb, pool_megabytes(dm.prepare_pool(max_sizes(candidates, gaps)))
+            )
+            scorer.begin_split(dm)
+            jobs = [(i, candidates[i].sizes(gaps)) for i in pending]
+            for i, loss, secs in score_jobs(scorer, dm, jobs, grid.notes):  # as each finishes
+                loss = grid.put(s, i, loss, secs)
+                store.put(s, i, loss, secs)
+                display.fit_done(loss, "" if split is None else split[0])
+                if split is None:
+                    display.line(self._progress_line(dm, i, len(candidates), candidates[i], gaps, loss, secs))
+        if split is not None:
+            row = [grid.losses[i][s] for i in range(len(candidates))]
+            best = min(range(len(candidates)), key=lambda i: _nan_last(row[i]))
+            display.line(f"VTSS {split[0]}: best ratio here {_ratio_text(candidates[best])}")
+
+    def _result(self, dm, grid: Scores, holdout_gaps, n_splits: int, start: float) -> VTSSResult:
+        """Selection over the mean losses, and the report's description of the search."""
+        candidates = grid.candidates
         results = [
-            self._candidate_result(dm, cand, holdout_gaps, row, secs, notes.get(i))
-            for i, (cand, row, secs) in enumerate(zip(candidates, losses, seconds, strict=True))
+            self._candidate_result(dm, cand, holdout_gaps, row, secs, grid.notes.get(i))
+            for i, (cand, row, secs) in enumerate(
+                zip(candidates, grid.losses, grid.seconds, strict=True)
+            )
         ]
         if self.verbose and self.folds is not None:
             for i, (cand, res) in enumerate(zip(candidates, results, strict=True)):
                 mean = math.nan if res.val_balanced_loss is None else res.val_balanced_loss
-                self._progress(dm, i, len(candidates), cand, holdout_gaps, mean, res.seconds)
+                self._say(self._progress_line(dm, i, len(candidates), cand, holdout_gaps, mean, res.seconds))
         balance_total = sum(g for g in holdout_gaps.values() if g > 0)
         chosen = select(results, self.selection, balance_total)
         chosen_cand = candidates[results.index(chosen)]
@@ -120,13 +130,13 @@ class SearchEngine:
             selected_index_sizes=chosen_cand.sizes(holdout_gaps),
             pool_index_sizes=max_sizes(candidates, holdout_gaps),
             diagnostics={
-                **self._diagnostics(dm, holdout_gaps, len(splits)),
-                **self._spread(results, losses, balance_total),
+                **self._diagnostics(dm, holdout_gaps, n_splits),
+                **self._spread(results, grid.losses, balance_total),
             },
             timing={
                 "search_seconds": time.perf_counter() - start,
                 "peak_rss_mb": _peak_rss_mb(),
-                "pool_mb": pool_mb,
+                "pool_mb": grid.pool_mb,
                 **device_peak_mb(),
             },
         )
@@ -202,11 +212,12 @@ class SearchEngine:
             timing={"search_seconds": time.perf_counter() - start},
         )
 
-    def _progress(self, dm, i, n, cand, gaps, loss, secs) -> None:
+    def _progress_line(self, dm, i, n, cand, gaps, loss, secs) -> str:
         sizes = ", ".join(f"{k}: {v}" for k, v in _named(dm, cand.sizes(gaps)).items())
-        self._say(
+        mean = "" if self.folds is None else " (mean over folds)"
+        return (
             f"VTSS [{i + 1}/{n}] ratio {_ratio_text(cand)}  sizes {{{sizes}}}  "
-            f"val balanced loss {loss:.4f}{'' if self.folds is None else ' (mean over folds)'}  ({secs:.1f} s)"
+            f"val balanced loss {loss:.4f}{mean}  ({secs:.1f} s)"
         )
 
     @staticmethod
@@ -214,41 +225,9 @@ class SearchEngine:
         print(line, file=sys.stdout, flush=True)
 
 
-class ScoreStore(Protocol):
-    """Where finished (split, candidate) scores live; a persistent one enables resume."""
-
-    def get(self, split: int, candidate: int) -> tuple[float, float] | None: ...
-
-    def put(self, split: int, candidate: int, loss: float, seconds: float) -> None: ...
-
-
-class MemoryStore:
-    """Scores kept for the duration of one search."""
-
-    def __init__(self) -> None:
-        self.scores: dict[tuple[int, int], tuple[float, float]] = {}
-
-    def get(self, split: int, candidate: int) -> tuple[float, float] | None:
-        return self.scores.get((split, candidate))
-
-    def put(self, split: int, candidate: int, loss: float, seconds: float) -> None:
-        self.scores[(split, candidate)] = (loss, seconds)
-
-
-def score_jobs(
-    scorer: Scorer, dm, jobs: list[tuple[int, dict[int, int]]], notes: dict | None = None
-) -> Iterator[tuple[int, float, float]]:
-    """Yield ``(candidate index, loss, seconds)`` for each job, as each finishes.
-
-    The scorer's ``score_many`` decides how (one at a time, guarded against running
-    out of memory, or several at once); the status it records for a job (why its loss
-    is NaN, or how it was trained differently) is copied into ``notes``.
-    """
-    for item in scorer.score_many(dm, jobs):
-        status = scorer.statuses.get(item[0])
-        if status is not None and notes is not None:
-            notes[item[0]] = status
-        yield item
+def _report_generator_fits(dm, display: SearchDisplay) -> None:
+    """Have the DataModule's pool builder announce each generator it fits."""
+    dm.pool_builder.on_generator_fitted = display.generator_fitted
 
 
 def sizes_by_index(dm, sizes: Mapping[Any, int]) -> dict[int, int]:

@@ -71,7 +71,7 @@ def search_fingerprint(config, dm, module, settings, ratios) -> str:
 
 
 class ProgressStore:
-    """A :class:`~vtss_lightning.search.engine.ScoreStore` backed by a JSON-lines file.
+    """A :class:`~vtss_lightning.search.scores.ScoreStore` backed by a JSON-lines file.
 
     Line 1 is ``{"vtss_progress": 1, "fingerprint": ...}``; every further line is one
     finished fit ``{"split", "candidate", "loss", "seconds"}`` (``loss`` is ``null``

@@ -22,12 +22,13 @@ def run_search(
     settings: TrainerSettings,
     progress_path: str | Path | None = None,
     write_progress: bool = True,
+    bar: bool = False,
 ) -> VTSSResult:
     """Choose the grid, train and score every candidate, select, describe the run.
 
     With ``progress_path``, finished fits are kept in that file and a rerun with the
     same configuration and data skips them (:class:`ProgressStore`); ``write_progress``
-    is ``False`` where another process owns the file.
+    is ``False`` where another process owns the file; ``bar`` draws a live bar.
     """
     ratios, tg = config.ratios, None
     if config.grid == "tg":
@@ -41,7 +42,7 @@ def run_search(
     if progress_path is not None:
         key = search_fingerprint(config, dm, module, settings, ratios)
         store = ProgressStore(progress_path, key, write=write_progress, verbose=config.verbose)
-    result = engine.run(dm, scorer, store)
+    result = engine.run(dm, scorer, store, bar=bar)
     if config.reuses_winner:
         result.final_state = scorer.trained_state(result.selected_index_sizes)
     if scorer.fallback_reason:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,13 +38,18 @@ class VTSSTuner:
         self.config = SearchConfig(**search_kwargs)
 
     def search(
-        self, model: pl.LightningModule, datamodule, progress_path: str | Path | None = None
+        self,
+        model: pl.LightningModule,
+        datamodule,
+        progress_path: str | Path | None = None,
+        progress_bar: bool | None = None,
     ) -> VTSSResult:
         """Run the search; with ``progress_path`` a killed search resumes where it stopped.
 
         Every finished fit is appended to that file; calling ``search`` again with the
         same model, data and settings skips them. The file is kept afterwards (delete
         it to search afresh); a file from another configuration is ignored.
+        ``progress_bar`` draws a live bar over the fits (default: on a terminal).
         """
         datamodule.prepare_data()
         datamodule.setup("fit")
@@ -51,7 +57,8 @@ class VTSSTuner:
         if hasattr(model, "configure_from_data"):
             model.configure_from_data(datamodule)
         path = progress_path or self.config.progress_path
-        result = run_search(self.config, datamodule, model, self.settings, path)
+        bar = sys.stderr.isatty() if progress_bar is None else progress_bar
+        result = run_search(self.config, datamodule, model, self.settings, path, bar=bar)
         if result.pool_index_sizes:  # the search's pool: the final fit sees the winner's rows
             datamodule.prepare_pool(result.pool_index_sizes)
         datamodule.set_synthetic_sizes(result.selected_index_sizes)

@@ -13,21 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vtss_lightning.search.config import STRATEGY_NAMES, SearchConfig
-from vtss_lightning.search.strategies.base import (
-    INHERITED,
-    ISOLATED,
-    BaseScorer,
-    Scorer,
-    TrainerSettings,
-    clone_module,
-    fit_candidate,
-    full_budget,
-    quiet_lightning,
-    state_key,
-)
+from vtss_lightning.search.strategies._members import StackedRungs
+from vtss_lightning.search.strategies.base import BaseScorer, Scorer, full_budget, state_key
 from vtss_lightning.search.strategies.halving import HalvingScorer
-from vtss_lightning.search.strategies.parallel import ParallelScorer, StackedRungs
+from vtss_lightning.search.strategies.inner_fit import clone_module, fit_candidate, quiet_lightning
+from vtss_lightning.search.strategies.parallel import ParallelScorer
 from vtss_lightning.search.strategies.retrain import FinetuneScorer, RetrainRungs, RetrainScorer
+from vtss_lightning.search.strategies.settings import INHERITED, ISOLATED, TrainerSettings
 
 #: ``factory(config, template, settings, keep_states) -> Scorer``
 Factory = Callable[[SearchConfig, object, TrainerSettings, bool], Scorer]

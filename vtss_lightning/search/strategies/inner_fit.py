@@ -13,10 +13,18 @@ the candidate's training rows.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import logging
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from vtss_lightning import _lightning
+from vtss_lightning._random import seeded
+from vtss_lightning.search.strategies.settings import TrainerSettings
+
+#: A LightningModule of either Lightning package (see :mod:`vtss_lightning._lightning`).
+LightningModule = Any
 
 #: Callback classes (by Lightning path) that write or report and never join a candidate.
 WRITER_CALLBACKS = (
@@ -46,9 +54,9 @@ def _writer_classes() -> tuple[type, ...]:
 
 def shapes_training(callback: Any) -> bool:
     """Whether a callback changes how a model trains (and so belongs in candidate fits)."""
-    from vtss_lightning.search.callback import VTSSCallback  # the outer search itself
-
-    return not isinstance(callback, (*_writer_classes(), VTSSCallback))
+    if getattr(callback, "runs_vtss_search", False):  # VTSSCallback: the outer search itself
+        return False
+    return not isinstance(callback, _writer_classes())
 
 
 def candidate_callbacks(callbacks: Sequence[Any], names: Sequence[str] | None) -> list[Any]:
@@ -88,3 +96,61 @@ class CandidateDataModule(_lightning.dual_base("LightningDataModule")):
 
     def val_dataloader(self) -> Any:
         return self._dm.val_dataloader()
+
+
+def clone_module(module: LightningModule) -> LightningModule:
+    """Deep copy of a LightningModule without its trainer (and the trainer's data)."""
+    trainer = module._trainer
+    module._trainer = None
+    try:
+        return copy.deepcopy(module)
+    finally:
+        module._trainer = trainer
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Silence the per-Trainer banners and warnings of inner fits."""
+    loggers = [
+        logging.getLogger(n)
+        for n in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")
+    ]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*val_dataloader.*")
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*isn't part of the.*")
+            warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+            warnings.filterwarnings("ignore", message=".*treespec.*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def fit_candidate(
+    model: LightningModule,
+    loader,
+    settings: TrainerSettings,
+    seed: int,
+    fraction: float = 1.0,
+    max_steps: int | None = None,
+    dm=None,
+    sizes: Mapping[int, int] | None = None,
+) -> LightningModule:
+    """The one inner-fit recipe: a fresh isolated Trainer, quiet, RNG seeded and restored.
+
+    Every strategy, the TG pilot and the class-weight baseline train through here, so
+    a candidate is the same fit whichever of them runs it. With the user's ``dm`` the
+    module sees it as ``self.trainer.datamodule`` (with the candidate's ``sizes``).
+    """
+    with seeded(seed), quiet_lightning():
+        trainer = settings.build(fraction, max_steps, module=model)
+        if dm is None:
+            trainer.fit(model, train_dataloaders=loader)
+        else:
+            trainer.fit(model, datamodule=CandidateDataModule(dm, loader, dict(sizes or {})))
+    return model

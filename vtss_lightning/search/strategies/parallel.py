@@ -19,17 +19,16 @@ that does not fit even alone is scored NaN with the reason in its status.
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 
 import torch
 
 from vtss_lightning._random import seeded
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.guard import free_device_memory, is_out_of_memory
+from vtss_lightning.search.strategies._members import Member, settings_blocker
 from vtss_lightning.search.strategies._stack import (
     MemberState,
     OptimizerSpec,
@@ -52,62 +51,6 @@ from vtss_lightning.search.strategies.base import (
 )
 
 SNAPSHOTS = ("best", "last")
-
-
-@dataclass
-class Member:
-    """One candidate inside the parallel trainer: its data stream, budget and state."""
-
-    index: int
-    sizes: dict[int, int]
-    loader: object  # TensorBatches: x, y, batch_size, next_order()
-    budget: int  # optimizer steps of a full retrain fit
-    state: MemberState
-    steps: int = 0
-    pos: int = 0
-    epoch_x: torch.Tensor | None = None
-    epoch_y: torch.Tensor | None = None
-    best_loss: torch.Tensor | None = None
-    best: dict[str, torch.Tensor] = field(default_factory=dict)
-    evaluated_at: int = -1
-    seconds: float = 0.0
-    failed: str | None = None
-
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.pos == 0:
-            order = self.loader.next_order()
-            x, y = self.loader.x, self.loader.y
-            self.epoch_x, self.epoch_y = (x, y) if order is None else (x[order], y[order])
-        end = self.pos + self.loader.batch_size
-        return self.epoch_x[self.pos : end], self.epoch_y[self.pos : end]
-
-    def advance(self, rows: int) -> bool:
-        """Count one step of ``rows`` rows; True when it ended an epoch."""
-        self.steps += 1
-        self.pos += rows
-        if self.pos >= len(self.loader.y):
-            self.pos = 0
-            return True
-        return False
-
-    def snapshot(self) -> tuple:
-        """Everything a stacked run changes, to restart from here after running out of memory."""
-        return (
-            self.state, self.steps, self.pos, self.epoch_x, self.epoch_y, self.best_loss,
-            self.best, self.evaluated_at, self.loader._passes,
-        )  # fmt: skip
-
-    def restore(self, snap: tuple) -> None:
-        (
-            self.state, self.steps, self.pos, self.epoch_x, self.epoch_y, self.best_loss,
-            self.best, self.evaluated_at, self.loader._passes,
-        ) = snap  # fmt: skip
-
-    def loss(self) -> float:
-        if self.failed is not None:
-            return math.nan
-        value = math.inf if self.best_loss is None else float(self.best_loss)
-        return value if math.isfinite(value) else math.nan
 
 
 class ParallelScorer(BaseScorer):
@@ -197,25 +140,10 @@ class ParallelScorer(BaseScorer):
         return self._spec is not None
 
     def _blocker(self, dm) -> str | None:
-        kw = self.settings.kwargs
-        if self.settings.callbacks:
-            names = ", ".join(type(c).__name__ for c in self.settings.callbacks)
-            return f"the trainer's callbacks ({names}) shape training; only retrain replays them"
-        if str(kw.get("precision") or "32-true") not in ("32", "32-true"):
-            return f"precision {kw['precision']} is not replayed by the stacked loop"
-        if kw.get("gradient_clip_val"):
-            return "gradient clipping is per model and not replayed by the stacked loop"
-        if (kw.get("accumulate_grad_batches") or 1) != 1:
-            return "accumulate_grad_batches is not replayed by the stacked loop"
-        if kw.get("limit_train_batches") not in (None, 1, 1.0):
-            return "limit_train_batches is not replayed by the stacked loop"
-        devices = kw.get("devices")
-        if (
-            kw.get("strategy") not in (None, "auto")
-            or (isinstance(devices, int) and devices > 1)
-            or (isinstance(devices, list | tuple) and len(devices) > 1)
-        ):
-            return "several devices per candidate (DDP) need retrain"
+        """Why the template cannot be stacked (``None``: it can; the dry run is kept)."""
+        reason = settings_blocker(self.settings)
+        if reason is not None:
+            return reason
         if getattr(dm, "transform", None) is not None:
             return "the DataModule augments real images per batch (transforms=), not replayed"
         base = clone_module(self.template)
@@ -396,45 +324,3 @@ class ParallelScorer(BaseScorer):
     def _state_dict(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         full = self._full_state  # the module's keys, metrics' persistent states included
         return {k: weights.get(k, v).detach().cpu().clone() for k, v in full.items()}
-
-
-class StackedRungs:
-    """Halving rungs as stacked models: survivors continue from where they stopped.
-
-    Offered to :class:`~vtss_lightning.search.strategies.halving.HalvingScorer` by the
-    strategy registry; ``begin`` returns ``None`` when the module cannot be stacked
-    (the halving then runs on its fallback rungs, with ``fallback_reason`` set).
-    """
-
-    def __init__(self, scorer: ParallelScorer) -> None:
-        self.scorer = scorer
-        self.statuses = scorer.statuses
-        self._members: list[Member] = []
-
-    @property
-    def fallback_reason(self) -> str | None:
-        return self.scorer.fallback_reason
-
-    def begin(self, dm, jobs: list[Job]) -> list[int] | None:
-        if not self.scorer.prepare(dm):
-            return None
-        self._members = self.scorer.members(dm, jobs)
-        return [m.budget for m in self._members]
-
-    def advance(self, dm, alive: list[int], steps: int) -> dict[int, float]:
-        for chunk in self.scorer.chunks([self._members[j] for j in alive]):
-            self.scorer.train(dm, chunk, {m.index: steps for m in chunk})
-        return {j: self._members[j].loss() for j in alive}
-
-    def prune(self, j: int) -> float:
-        m = self._members[j]
-        if m.failed is not None:
-            self.statuses[m.index] = m.failed
-        self.scorer.finish(m, keep=False)
-        return m.seconds
-
-    def complete(self, dm, alive: list[int]) -> Iterator[Scored]:
-        for chunk in self.scorer.chunks([self._members[j] for j in alive]):
-            self.scorer.train(dm, chunk, {m.index: m.budget for m in chunk})
-            for m in chunk:
-                yield self.scorer.result(m)

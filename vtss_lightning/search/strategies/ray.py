@@ -26,14 +26,9 @@ import torch
 
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.objective import balanced_loss
-from vtss_lightning.search.strategies.base import (
-    BaseScorer,
-    Job,
-    Scored,
-    TrainerSettings,
-    clone_module,
-    fit_candidate,
-)
+from vtss_lightning.search.strategies.base import BaseScorer, Job, Scored
+from vtss_lightning.search.strategies.inner_fit import clone_module, fit_candidate
+from vtss_lightning.search.strategies.settings import TrainerSettings
 
 STATE_FILE = "vtss_state.pt"
 

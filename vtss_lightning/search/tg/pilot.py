@@ -10,12 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vtss_lightning.search.strategies.base import (
-    TrainerSettings,
-    clone_module,
-    fit_candidate,
-    is_full_batch,
-)
+from vtss_lightning.search.strategies.base import is_full_batch
+from vtss_lightning.search.strategies.inner_fit import clone_module, fit_candidate
+from vtss_lightning.search.strategies.settings import TrainerSettings
 from vtss_lightning.search.tg.diagnostics import TGDiagnostics, tg_diagnostics
 
 if TYPE_CHECKING:  # either Lightning package at run time (vtss_lightning._lightning)

@@ -1,0 +1,83 @@
+"""Where a search's (split, candidate) scores live while it runs, and how they are fed.
+
+A persistent :class:`ScoreStore` (``progress.ProgressStore``) is what makes a killed
+search resumable; :class:`MemoryStore` keeps scores for one run only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Protocol
+
+from vtss_lightning.search.grid import Candidate
+from vtss_lightning.search.strategies.base import Scorer
+
+
+class Scores:
+    """Losses and seconds of every (candidate, split), filled as fits finish."""
+
+    def __init__(self, candidates: list[Candidate], n_splits: int) -> None:
+        self.candidates = candidates
+        self.losses = [[math.nan] * n_splits for _ in candidates]
+        self.seconds = [0.0] * len(candidates)
+        self.notes: dict[int, str] = {}  # why a candidate failed or was trained differently
+        self.pool_mb = 0.0
+
+    def restore(self, store: ScoreStore) -> list[list[int]]:
+        """Take the store's finished fits; the candidates still to fit, per split."""
+        todo = []
+        for s in range(len(self.losses[0])):
+            pending = []
+            for i in range(len(self.candidates)):
+                done = store.get(s, i)
+                if done is None:
+                    pending.append(i)
+                else:
+                    self.losses[i][s] = done[0]
+                    self.seconds[i] += done[1]
+            todo.append(pending)
+        return todo
+
+    def put(self, s: int, i: int, loss: float, seconds: float) -> float:
+        loss = loss if math.isfinite(loss) else math.nan
+        self.losses[i][s] = loss
+        self.seconds[i] += seconds
+        return loss
+
+
+class ScoreStore(Protocol):
+    """Where finished (split, candidate) scores live; a persistent one enables resume."""
+
+    def get(self, split: int, candidate: int) -> tuple[float, float] | None: ...
+
+    def put(self, split: int, candidate: int, loss: float, seconds: float) -> None: ...
+
+
+class MemoryStore:
+    """Scores kept for the duration of one search."""
+
+    def __init__(self) -> None:
+        self.scores: dict[tuple[int, int], tuple[float, float]] = {}
+
+    def get(self, split: int, candidate: int) -> tuple[float, float] | None:
+        return self.scores.get((split, candidate))
+
+    def put(self, split: int, candidate: int, loss: float, seconds: float) -> None:
+        self.scores[(split, candidate)] = (loss, seconds)
+
+
+def score_jobs(
+    scorer: Scorer, dm, jobs: list[tuple[int, dict[int, int]]], notes: dict | None = None
+) -> Iterator[tuple[int, float, float]]:
+    """Yield ``(candidate index, loss, seconds)`` for each job, as each finishes.
+
+    The scorer's ``score_many`` decides how (one at a time, guarded against running
+    out of memory, or several at once); the status it records for a job (why its loss
+    is NaN, or how it was trained differently) is copied into ``notes``.
+    """
+    for item in scorer.score_many(dm, jobs):
+        status = scorer.statuses.get(item[0])
+        if status is not None and notes is not None:
+            notes[item[0]] = status
+        yield item

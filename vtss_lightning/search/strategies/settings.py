@@ -1,0 +1,160 @@
+"""The inner Trainer of every candidate: what it inherits from the outer run, and what not.
+
+A candidate trains on the outer trainer's device, precision and budget, and with
+the callbacks that shape training (:mod:`.inner_fit`), but never touches the outer
+run's loggers, checkpoints or progress bars.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from vtss_lightning import _lightning
+from vtss_lightning.errors import VTSSError
+
+#: Trainer arguments a candidate inherits from the outer run.
+INHERITED = (
+    "accelerator",
+    "devices",
+    "strategy",  # e.g. "ddp": each candidate's fit on several devices (VTSSTuner)
+    "num_nodes",
+    "precision",
+    "max_epochs",
+    "max_steps",
+    "min_epochs",
+    "gradient_clip_val",
+    "gradient_clip_algorithm",
+    "accumulate_grad_batches",
+    "limit_train_batches",
+    "deterministic",
+    "benchmark",
+)
+#: What a candidate never inherits: it must not touch the outer run's logs or state.
+ISOLATED = dict(
+    logger=False,
+    enable_checkpointing=False,
+    callbacks=[],
+    enable_progress_bar=False,
+    enable_model_summary=False,
+    num_sanity_val_steps=0,
+    limit_val_batches=0,
+)
+
+
+@dataclass
+class TrainerSettings:
+    """Keyword arguments for the inner Trainer of every candidate.
+
+    ``package`` is the Lightning package of the outer trainer (``lightning.pytorch``
+    or ``pytorch_lightning``); the inner Trainer comes from the package of the module
+    it trains when that is unambiguous, else from ``package``
+    (:func:`vtss_lightning._lightning.package_for`).
+    """
+
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    package: ModuleType | None = field(default=None, compare=False, repr=False)
+    #: Callbacks every candidate fit gets a fresh deep copy of (those that shape training).
+    callbacks: list[Any] = field(default_factory=list, compare=False, repr=False)
+    #: The outer run's validation schedule, used when ``callbacks`` need validation.
+    validation: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_trainer(cls, trainer) -> TrainerSettings:
+        """Copy the outer trainer's device, precision and budget (one device)."""
+        device = trainer.strategy.root_device
+        if device.type == "cuda":
+            accel = {"accelerator": "cuda", "devices": [device.index or 0]}
+        elif device.type == "mps":
+            accel = {"accelerator": "mps", "devices": 1}
+        else:
+            accel = {"accelerator": "cpu", "devices": 1}
+        max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
+        return cls(
+            {
+                **accel,
+                "precision": trainer.precision,
+                "max_epochs": max_epochs,
+                "max_steps": trainer.max_steps,
+                "gradient_clip_val": trainer.gradient_clip_val,
+                "gradient_clip_algorithm": trainer.gradient_clip_algorithm,
+                "accumulate_grad_batches": trainer.accumulate_grad_batches,
+                "limit_train_batches": trainer.limit_train_batches,
+            },
+            package=_lightning.package_of(trainer),
+            validation={
+                "limit_val_batches": trainer.limit_val_batches,
+                "check_val_every_n_epoch": trainer.check_val_every_n_epoch,
+                "val_check_interval": trainer.val_check_interval,
+            },
+        )
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any] | None) -> TrainerSettings:
+        kwargs = dict(kwargs or {})
+        kwargs.setdefault("max_epochs", 1000 if "max_steps" in kwargs else None)
+        kwargs.setdefault("devices", 1)  # one device per candidate unless asked otherwise
+        unknown = (
+            set(kwargs)
+            - set(INHERITED)
+            - set(ISOLATED)
+            - {"default_root_dir", "logger", "callbacks"}
+        )
+        if unknown:
+            raise VTSSError(f"unsupported trainer argument(s) for the search: {sorted(unknown)}")
+        _check_lightning_strategy(kwargs.get("strategy"))
+        return cls({k: v for k, v in kwargs.items() if k in INHERITED})
+
+    def describe(self) -> dict[str, Any]:
+        """What of these settings decides a candidate's score (fingerprint, report)."""
+        out: dict[str, Any] = dict(self.kwargs)
+        if self.callbacks:
+            out["callbacks"] = [getattr(c, "state_key", type(c).__name__) for c in self.callbacks]
+            out["validation"] = dict(self.validation)
+        return out
+
+    def device(self) -> torch.device:
+        """Where the candidates will train, resolved like Lightning's ``"auto"``."""
+        accel = str(self.kwargs.get("accelerator") or "auto")
+        if accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available()):
+            devices = self.kwargs.get("devices")
+            index = devices[0] if isinstance(devices, list | tuple) and devices else 0
+            return torch.device("cuda", index)
+        return torch.device("cpu")
+
+    def budget(self, fraction: float = 1.0) -> dict[str, Any]:
+        """Epoch/step limits scaled by ``fraction`` (at least one of each unit)."""
+        out = {}
+        for key in ("max_epochs", "max_steps"):
+            value = self.kwargs.get(key)
+            if value is not None and value > 0:
+                out[key] = max(1, math.ceil(value * fraction))
+        return out
+
+    def build(self, fraction: float = 1.0, max_steps: int | None = None, module=None):
+        """A fresh, isolated Trainer for ``module``; ``max_steps`` replaces the step limit."""
+        kwargs = {**self.kwargs, **self.budget(fraction), **ISOLATED}
+        if self.callbacks:  # shaping callbacks (EarlyStopping, ...) see validation as outside
+            kwargs["callbacks"] = copy.deepcopy(self.callbacks)
+            kwargs.update({"limit_val_batches": 1.0, **self.validation})
+        if max_steps is not None:
+            kwargs["max_steps"] = max_steps
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        return _lightning.package_for(module, self.package).Trainer(**kwargs)
+
+
+def _check_lightning_strategy(strategy: Any) -> None:
+    """A Lightning strategy name must be registered (``"ddp"``, ``"ddp_spawn"``, ...)."""
+    if strategy is None or not isinstance(strategy, str) or strategy == "auto":
+        return
+    if strategy not in _lightning.strategy_registry():
+        raise VTSSError(
+            f"unsupported trainer argument(s) for the search: strategy={strategy!r} is not a "
+            "Lightning strategy (e.g. 'ddp', 'ddp_spawn')"
+        )
