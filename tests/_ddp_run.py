@@ -30,7 +30,7 @@ def main(root: str, devices: int, strategy: str) -> None:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[VTSSCallback(ratios=[0, 1, 2], progress=False)],
+        callbacks=[VTSSCallback(ratios=[0, 1, 2], progress=False, folds=None)],
     )
     trainer.fit(TabularClassifier(hidden_dims=[8], optimizer="adamw", lr=0.01), datamodule=dm)
 

@@ -62,7 +62,7 @@ def test_callback_in_a_users_module_writes_report_and_trains_final_model(tmp_pat
     dm = make_dm()
     pl.seed_everything(0)
     model = UserModel()
-    cb = VTSSCallback(ratios=[0, 1, 2], refit=True)  # the outer fit trains the final model
+    cb = VTSSCallback(ratios=[0, 1, 2], refit=True, folds=None)  # hold-out; outer fit trains
     tr = trainer(tmp_path, [cb])
     tr.fit(model, datamodule=dm)
 
@@ -80,7 +80,9 @@ def test_callback_in_a_users_module_writes_report_and_trains_final_model(tmp_pat
     assert report["selected_ratio"] == best["ratio"]
     assert report["selected_sizes"] == best["sizes"]
     assert set(report["test_metrics"]) >= {"balanced_log_loss", "balanced_accuracy", "auprc"}
-    assert all(math.isfinite(v) for v in report["test_metrics"].values())
+    numbers = {k: v for k, v in report["test_metrics"].items() if k != "positive_class"}
+    assert all(math.isfinite(v) for v in numbers.values())
+    assert report["test_metrics"]["positive_class"] == "pos"  # the minority (30 of 150)
     assert report["timing"]["search_seconds"] > 0 and report["timing"]["final_fit_seconds"] > 0
     assert report["config"]["model"] == "UserModel"
     assert report["config"]["strategy"] == "retrain"
@@ -94,9 +96,9 @@ def test_callback_in_a_users_module_writes_report_and_trains_final_model(tmp_pat
     final = balanced_loss(model, dm.holdout.x_val, dm.holdout.y_val, dm.num_classes)
     assert final == pytest.approx(best["val_balanced_loss"], rel=1e-5, abs=1e-7)
 
-    # the test metrics are those of the final model
-    expected = compute_test_metrics(model, dm.x_test, dm.y_test, dm.num_classes)
-    assert report["test_metrics"] == pytest.approx(expected)
+    # the test metrics are those of the final model, with the minority class as positive
+    expected = compute_test_metrics(model, dm.x_test, dm.y_test, dm.num_classes, positive=1)
+    assert report["test_metrics"] == pytest.approx({**expected, "positive_class": "pos"})
     out = capsys.readouterr().out
     assert len(progress_lines(out)) == 3
     assert "VTSS report written to" in out

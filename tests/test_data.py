@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from vtss_lightning import SyntheticAugmentationDataModule, TabularDataModule, VTSSError
+from vtss_lightning import SyntheticAugmentationDataModule, TabularDataModule, VTSSError, generators
 from vtss_lightning.data.loaders import TensorBatches
 from vtss_lightning.generators import SMOTEGenerator, SyntheticGenerator
 
@@ -111,6 +111,106 @@ def test_size_zero_gives_the_real_rows_only():
     dm.setup()
     xt, yt = dm.training_tensors({1: 0})
     assert torch.equal(xt, dm.holdout.x_train) and torch.equal(yt, dm.holdout.y_train)
+
+
+# Tiny settings: every generator the package exports, each fitted in seconds.
+NESTING_GENERATORS = {
+    "SMOTEGenerator": lambda: generators.SMOTEGenerator(k_neighbors=3),
+    "JitterGenerator": lambda: generators.JitterGenerator(scale=0.3),
+    "GaussianGenerator": lambda: generators.GaussianGenerator(),
+    "RandomOversampler": lambda: generators.RandomOversampler(),
+    "GaussianCopulaGenerator": lambda: generators.GaussianCopulaGenerator(),
+    "CTGANGenerator": lambda: generators.CTGANGenerator(epochs=1, batch_size=10),
+    "TVAEGenerator": lambda: generators.TVAEGenerator(epochs=1, batch_size=10),
+    "VAEGenerator": lambda: generators.VAEGenerator(steps=3, width=8),
+    "DiffusionGenerator": lambda: generators.DiffusionGenerator(steps=3, width=8, sample_steps=2),
+}
+
+
+def nesting_dm(name: str, chunk_rows: int) -> TabularDataModule:
+    """A fresh DataModule (numeric + categorical columns) whose pool has small chunks."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "a": rng.normal(size=60),
+            "b": rng.normal(size=60),
+            "colour": rng.choice(["red", "green", "blue"], 60),
+            "y": ["neg"] * 45 + ["pos"] * 15,
+        }
+    )
+    dm = TabularDataModule.from_frame(
+        frame, target="y", generator=NESTING_GENERATORS[name](), seed=4
+    )
+    dm.setup()
+    dm.pool_builder.chunk_rows = chunk_rows
+    return dm
+
+
+def synthetic_rows(dm, m: int) -> torch.Tensor:
+    """The synthetic rows class 1 trains on at size ``m`` (after the real rows)."""
+    x, y = dm.training_tensors({1: m})
+    n_real = len(dm.holdout.x_train)
+    assert torch.equal(y[n_real:], torch.ones(m, dtype=torch.long))
+    return x[n_real:]
+
+
+def test_nesting_generators_cover_every_exported_generator():
+    exported = {
+        name
+        for name in generators.__all__
+        if issubclass(getattr(generators, name), SyntheticGenerator)
+        and name != "SyntheticGenerator"
+    }
+    assert exported == set(NESTING_GENERATORS)
+
+
+@pytest.mark.parametrize("name", sorted(NESTING_GENERATORS))
+def test_pool_prefixes_are_nested_whatever_the_size_asked_first(name):
+    # chunks of 7 rows: sizes 5, 12 and 20 end inside chunks 0, 1 and 2
+    grows = nesting_dm(name, chunk_rows=7)  # asked small sizes first, then larger ones
+    rows = {m: synthetic_rows(grows, m) for m in (0, 5, 12, 20)}
+    largest = nesting_dm(name, chunk_rows=7)  # asked the largest size first
+    full = synthetic_rows(largest, 20)
+    d = grows.n_features
+    assert full.shape == (20, d) and torch.isfinite(full).all()
+    for m, got in rows.items():
+        assert got.shape == (m, d)
+        assert torch.equal(got, full[:m]), f"{name}: the first {m} rows moved"
+        assert torch.equal(synthetic_rows(largest, m), full[:m])
+    # a pool extended past what it held equals one drawn at that size at once
+    assert torch.equal(grows.holdout.pool.rows[1], full)
+    assert grows.holdout.pool.capacity == {1: 20}
+    # size 0: an empty (0, d) block, from the pool and from one sample call
+    assert grows.prepare_pool({1: 0}).take({1: 0})[0].shape == (0, d)
+    split = grows.holdout
+    empty = grows.pool_builder.sample(split, split.generators[1], 0, 123, "")
+    assert empty.shape == (0, d) and empty.dtype == torch.float32
+
+
+def test_pool_prefixes_are_nested_across_the_default_chunk_boundary():
+    from vtss_lightning._random import POOL_CHUNK_ROWS
+
+    small = nesting_dm("SMOTEGenerator", chunk_rows=POOL_CHUNK_ROWS)
+    large = nesting_dm("SMOTEGenerator", chunk_rows=POOL_CHUNK_ROWS)
+    m, big = POOL_CHUNK_ROWS - 3, POOL_CHUNK_ROWS + 5
+    assert torch.equal(synthetic_rows(small, m), synthetic_rows(large, big)[:m])
+    # what the chunks guard against: one SMOTE call of `big` rows starts unlike one of `m`
+    split = large.holdout
+    one_call = large.pool_builder.sample(split, split.generators[1], big, 0, "")
+    assert not torch.equal(
+        one_call[:m], large.pool_builder.sample(split, split.generators[1], m, 0, "")
+    )
+
+
+def test_sample_of_zero_rows_is_an_empty_matrix():
+    x, y = imbalanced_arrays()
+    dm = SyntheticAugmentationDataModule(x, y, seed=0)
+    dm.setup()
+    dm.prepare_pool({1: 4})
+    split = dm.holdout
+    rows = dm.pool_builder.sample(split, split.generators[1], 0, 7, "")
+    assert rows.shape == (0, split.x_train.shape[1])
+    assert rows.device == split.x_train.device
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 1.0, 1.25, 2.0])

@@ -83,7 +83,7 @@ def trainer_of(L, root: Path, **kwargs):
     loggers_mod = import_module(f"{L.__name__}.loggers")
     checkpoint = callbacks_mod.ModelCheckpoint(monitor="val_loss", save_last=True)
     stopping = callbacks_mod.EarlyStopping(monitor="val_loss", patience=1)
-    vtss = kwargs.pop("vtss", None) or VTSSCallback(ratios=RATIOS, progress=False)
+    vtss = kwargs.pop("vtss", None) or VTSSCallback(ratios=RATIOS, progress=False, folds=None)
     trainer = L.Trainer(
         max_epochs=kwargs.pop("max_epochs", 4),
         accelerator="cpu",
@@ -195,7 +195,7 @@ def test_candidate_callbacks_list_overrides_the_rule(tmp_path):
         def on_train_end(self, trainer, pl_module):
             CountingCallback.fits.append(trainer.current_epoch)
 
-    vtss = VTSSCallback(ratios=RATIOS, progress=False, candidate_callbacks=[])
+    vtss = VTSSCallback(ratios=RATIOS, progress=False, candidate_callbacks=[], folds=None)
     trainer, *_ = trainer_of(pl, tmp_path, vtss=vtss, callbacks=[Recorder()], max_epochs=3)
     trainer.fit(user_module_class(pl)(), datamodule=make_dm())
     assert len(CountingCallback.fits) == 1  # the final fit only
@@ -204,14 +204,18 @@ def test_candidate_callbacks_list_overrides_the_rule(tmp_path):
 def test_refit_false_reuses_the_winner_and_a_resume_does_not_train_it(tmp_path):
     import pytorch_lightning as pl
 
-    vtss = VTSSCallback(ratios=RATIOS, progress=False, refit=False, candidate_callbacks=[])
+    vtss = VTSSCallback(
+        ratios=RATIOS, progress=False, refit=False, candidate_callbacks=[], folds=None
+    )
     trainer, *_ = trainer_of(pl, tmp_path, vtss=vtss, max_epochs=3)
     model = TabularClassifier(hidden_dims=[8], optimizer="adamw", lr=0.01)
     trainer.fit(model, datamodule=make_dm())
     assert trainer.global_step == 0 and vtss.result.timing["final_fit_seconds"] == 0.0
     path = tmp_path / "reused.ckpt"
     trainer.save_checkpoint(path)
-    vtss2 = VTSSCallback(ratios=RATIOS, progress=False, refit=False, candidate_callbacks=[])
+    vtss2 = VTSSCallback(
+        ratios=RATIOS, progress=False, refit=False, candidate_callbacks=[], folds=None
+    )
     again, *_ = trainer_of(pl, tmp_path / "again", vtss=vtss2, max_epochs=3)
     again.fit(
         TabularClassifier(hidden_dims=[8], optimizer="adamw", lr=0.01),
@@ -277,7 +281,8 @@ def test_tensorboard_logger_gets_the_figure(tmp_path):
 def test_verbose_search_prints_a_line_per_candidate(tmp_path, capsys):
     import pytorch_lightning as pl
 
-    trainer, *_ = trainer_of(pl, tmp_path, vtss=VTSSCallback(ratios=RATIOS, progress=False))
+    vtss = VTSSCallback(ratios=RATIOS, progress=False, folds=None)
+    trainer, *_ = trainer_of(pl, tmp_path, vtss=vtss)
     trainer.fit(user_module_class(pl)(), datamodule=make_dm())
     assert len(progress_lines(capsys.readouterr().out)) == len(RATIOS)
 

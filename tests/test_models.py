@@ -33,7 +33,7 @@ def test_logistic_lbfgs_matches_sklearn_mle():
     from sklearn.linear_model import LogisticRegression
 
     dm = _data()
-    model = _fit(TabularClassifier(), dm)
+    model = _fit(TabularClassifier(weight_decay=0.0), dm)  # the MLE, as sklearn C=inf
     x, y = dm.holdout.x_train.numpy(), dm.holdout.y_train.numpy()
     ref = LogisticRegression(C=1e8, max_iter=5000, tol=1e-10).fit(x, y)
     lin = model.net[-1]
@@ -43,7 +43,7 @@ def test_logistic_lbfgs_matches_sklearn_mle():
 
 def test_mse_without_intercept_is_least_squares_and_scored_by_balanced_squared_error():
     dm = _data(1)
-    model = _fit(TabularClassifier(loss="mse", fit_intercept=False), dm)
+    model = _fit(TabularClassifier(loss="mse", fit_intercept=False, weight_decay=0.0), dm)
     assert model.net[-1].bias is None
     x, y = dm.holdout.x_train.numpy().astype(np.float64), dm.holdout.y_train.numpy()
     beta, *_ = np.linalg.lstsq(x, y.astype(float), rcond=None)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from helpers import LinearModule, quiet_trainer
 
 from vtss_lightning import TabularDataModule, VTSSError, VTSSTuner
+from vtss_lightning._random import POOL_CHUNK_ROWS
 from vtss_lightning.data.preprocessing import TabularPreprocessor
 from vtss_lightning.generators import SMOTEGenerator, SyntheticGenerator
 from vtss_lightning.models import TabularClassifier
@@ -220,11 +221,20 @@ class FaultyFrame(SyntheticGenerator):
         return rows
 
 
+C = POOL_CHUNK_ROWS  # prepare_pool({1: 10}) asks the generator for one whole chunk
+
+
 @pytest.mark.parametrize(
     ("mode", "match"),
     [
-        ("rows", r"faulty returned 9 rows when 10 were asked for \(sampling for class 'pos'\)"),
-        ("width", r"faulty for class 'pos' returned rows of shape \(10, 4\), expected \(10, 3\)"),
+        (
+            "rows",
+            rf"faulty returned {C - 1} rows when {C} were asked for \(sampling for class 'pos'\)",
+        ),
+        (
+            "width",
+            rf"faulty for class 'pos' returned rows of shape \({C}, 4\), expected \({C}, 3\)",
+        ),
         ("nan", r"faulty for class 'pos' returned non-finite values"),
         ("inf", r"faulty for class 'pos' returned non-finite values"),
     ],

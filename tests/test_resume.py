@@ -49,6 +49,7 @@ data:
     generator: {{class_path: vtss_lightning.generators.SMOTEGenerator}}
 vtss:
   ratios: {ratios}
+  folds: null  # the hold-out: one progress line per finished fit
 """
 
 

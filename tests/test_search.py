@@ -111,7 +111,7 @@ def test_near_ties_within_tolerance_go_to_the_smaller_size():
     assert SearchEngine(verbose=False).run(dm, scorer).selected_ratio == 1.0
     # a real improvement is taken
     scorer = FakeScorer(lambda r, s: 0.5 - 1e-3 * r if r >= 1 else 0.9)
-    assert SearchEngine(verbose=False).run(dm, scorer).selected_ratio == 2.0
+    assert SearchEngine(verbose=False).run(dm, scorer).selected_ratio == 4.0  # grid followed
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
@@ -365,3 +365,76 @@ def test_quiet_search_prints_nothing(capsys):
     SearchEngine([0, 1], verbose=False).run(make_dm(), FakeScorer(parabola), bar=True)
     out, err = capsys.readouterr()
     assert out == "" and "VTSS" not in err
+
+
+# ------------------------------------------------------------- validation from the data
+def test_auto_validation_uses_k_fold_when_the_hold_out_is_small():
+    from vtss_lightning.search import SearchConfig
+
+    dm = make_dm()  # 25 minority rows: 5 in the 20% hold-out's validation part
+    result = SearchEngine(SearchConfig(ratios=(0, 1), folds="auto", verbose=False)).run(
+        dm, FakeScorer(parabola)
+    )
+    assert result.diagnostics["validation"] == "4x5-fold"  # ceil(100 / 25) repeats
+    assert "only 5 validation rows" in result.diagnostics["validation_reason"]
+    assert len(result.candidates[0].fold_losses) == 20
+
+
+def test_auto_validation_keeps_the_hold_out_when_every_class_has_plenty():
+    from vtss_lightning.search import SearchConfig
+
+    dm = make_dm(n_neg=1500, n_pos=600)
+    result = SearchEngine(SearchConfig(ratios=(0, 1), folds="auto", verbose=False)).run(
+        dm, FakeScorer(parabola)
+    )
+    assert result.diagnostics["validation"] == "holdout"
+    assert ">= 100 validation rows" in result.diagnostics["validation_reason"]
+
+
+# ---------------------------------------------------------------- paired selection
+def _fold_offsets(split_name: str) -> float:
+    """Split-to-split noise shared by every candidate (it cancels in paired differences)."""
+    return (hash(split_name) % 7) * 0.05
+
+
+def test_paired_se_leaves_full_balance_only_on_paired_evidence():
+    from vtss_lightning.search import SearchConfig
+
+    dm = make_dm()
+    config = SearchConfig(
+        ratios=(0, 1, 2), folds=3, repeats=2, selection="paired_se", verbose=False
+    )
+    # ratio 2 is better than balance by 0.01 on every split, under large shared noise
+    steady = FakeScorer(lambda r, s: _fold_offsets(s) + (0.5 if r < 1.5 else 0.49) + (r == 0))
+    assert SearchEngine(config).run(dm, steady).selected_ratio == 2.0
+    # ratio 2 is better on average only because of one split: stay at full balance
+    noisy = FakeScorer(
+        lambda r, s: 0.5 + (r == 0) - (0.2 if (r > 1.5 and s == "fold 1.1") else 0.0)
+    )
+    result = SearchEngine(config).run(dm, noisy)
+    assert result.selected_ratio == 1.0
+    plain = SearchEngine(SearchConfig(ratios=(0, 1, 2), folds=3, repeats=2, verbose=False))
+    assert plain.run(dm, noisy).selected_ratio == 2.0  # "min" follows the lucky split
+
+
+# ------------------------------------------------------------------ the grid follows the curve
+def test_the_grid_extends_while_the_largest_size_wins():
+    dm = make_dm()
+    result = SearchEngine(verbose=False).run(dm, FakeScorer(lambda r, s: -r))  # default grid
+    assert [c.ratio for c in result.candidates] == [*DEFAULT_RATIOS, 4.0]  # capped at 4x
+    assert result.selected_ratio == 4.0
+    assert result.diagnostics["grid_extended_to"] == [4.0]
+    assert result.pool_index_sizes == result.selected_index_sizes  # the pool grew with it
+    assert "extended to 4" in result.summary()
+
+
+def test_no_extension_when_an_inner_size_wins_and_a_flat_curve_is_named():
+    dm = make_dm()
+    result = SearchEngine(verbose=False).run(dm, FakeScorer(parabola))
+    assert "grid_extended_to" not in result.diagnostics
+    given = SearchEngine([0, 1, 2], verbose=False).run(dm, FakeScorer(lambda r, s: -r))
+    assert [c.ratio for c in given.candidates] == [0.0, 1.0, 2.0]  # explicit grids as given
+    flat = SearchEngine([0, 1, 2], verbose=False).run(dm, FakeScorer(lambda r, s: 0.5 + r * 1e-4))
+    assert flat.diagnostics["curve"].startswith("flat")
+    off = SearchEngine(extend_grid=False, verbose=False).run(dm, FakeScorer(lambda r, s: -r))
+    assert [c.ratio for c in off.candidates] == list(DEFAULT_RATIOS)

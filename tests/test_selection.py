@@ -50,7 +50,7 @@ def test_one_se_needs_folds_and_unknown_rule_is_rejected():
     with pytest.raises(VTSSError, match="selection"):
         select([_cand(0.0, 0.3)], "median")
     with pytest.raises(VTSSError, match="folds"):
-        VTSSCallback(selection="one_se")
+        VTSSCallback(selection="one_se", folds=None)
     with pytest.raises(VTSSError):
         SearchEngine(selection="best")
 

@@ -404,6 +404,7 @@ def fit_with(tmp_path, strategy, refit, ratios=(0, 1, 2), **kw):
     dm = make_dm()
     model = mlp(dm)
     init = {k: v.clone() for k, v in model.state_dict().items()}
+    kw.setdefault("folds", None)  # the hold-out: only there can the winner be reused
     cb = VTSSCallback(
         ratios=list(ratios), strategy=strategy, refit=refit, verbose=False, progress=False, **kw
     )

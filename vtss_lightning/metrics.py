@@ -17,6 +17,7 @@ from torchmetrics.classification import (
     BinaryAveragePrecision,
     MulticlassAccuracy,
     MulticlassAUROC,
+    MulticlassAveragePrecision,
 )
 
 from vtss_lightning.errors import VTSSError
@@ -27,6 +28,7 @@ __all__ = [
     "class_sums",
     "balanced_cross_entropy",
     "classification_metrics",
+    "logit_adjusted_balanced_log_loss",
     "per_class_loss_sums",
 ]
 
@@ -222,7 +224,57 @@ def _two_column_logits(logits: Tensor, num_classes: int) -> Tensor:
     return logits
 
 
-def classification_metrics(logits: Tensor, target: Tensor, num_classes: int) -> dict[str, float]:
+def logit_adjusted_balanced_log_loss(
+    logits: Tensor, target: Tensor, num_classes: int, priors: Tensor | list[float]
+) -> Tensor:
+    """Balanced log loss after post-hoc logit adjustment (Menon et al., ICLR 2021).
+
+    Subtracts ``log priors`` from the logits, then takes the balanced log loss (mean
+    over present classes of the per-class mean cross-entropy). A model trained on
+    imbalanced rows learns ``p(y | x)`` under the training priors; removing the log
+    prior shifts it to uniform priors, the ones the balanced loss implicitly scores
+    under. It needs no retraining and no synthetic rows, which makes it the strongest
+    cheap non-synthetic remedy to compare VTSS against on balanced log loss. With
+    uniform priors it equals :func:`balanced_cross_entropy`.
+
+    Parameters
+    ----------
+    logits, target, num_classes
+        As in :func:`per_class_loss_sums`; a binary single logit (N,)/(N, 1) is the
+        logit of class 1 and is adjusted by ``log priors[0] - log priors[1]``.
+    priors
+        Per-class training shares, shape (C,), all positive (counts work too: only
+        their ratios matter).
+
+    Returns
+    -------
+    Tensor
+        A differentiable scalar.
+    """
+    _check_num_classes(num_classes)
+    log_prior = _log_priors(priors, num_classes, logits)
+    if logits.ndim == 1 or (logits.ndim == 2 and logits.shape[1] == 1):
+        # keep the single-logit form (and its shape checks) in per_class_loss_sums
+        adjusted = logits - (log_prior[1] - log_prior[0])
+    else:
+        adjusted = logits - log_prior
+    return balanced_cross_entropy(adjusted, target, num_classes)
+
+
+def _log_priors(priors: Tensor | list[float], num_classes: int, like: Tensor) -> Tensor:
+    if not like.is_floating_point():
+        raise VTSSError(f"logits must be floating-point, got dtype {like.dtype}.")
+    p = torch.as_tensor(priors, dtype=like.dtype, device=like.device).reshape(-1)
+    if p.numel() != num_classes:
+        raise VTSSError(f"priors must have {num_classes} entries, got {p.numel()}.")
+    if not bool(torch.isfinite(p).all()) or bool((p <= 0).any()):
+        raise VTSSError(f"priors must be finite and positive, got {p.tolist()}.")
+    return (p / p.sum()).log()
+
+
+def classification_metrics(
+    logits: Tensor, target: Tensor, num_classes: int, positive: int | None = None
+) -> dict[str, float]:
     """Test-set summary: balanced log loss, balanced/plain accuracy and ranking metrics.
 
     Parameters
@@ -233,15 +285,21 @@ def classification_metrics(logits: Tensor, target: Tensor, num_classes: int) -> 
         Class indices, shape (N,).
     num_classes
         C.
+    positive
+        Binary only: the class index binary AUPRC/AUROC treat as positive. Callers
+        should pass the minority class (by training counts); ``None`` keeps the old
+        default, index 1. Ignored for multi-class (macro averages have no positive).
 
     Returns
     -------
     dict
         ``balanced_log_loss``, ``balanced_accuracy``, ``accuracy`` and, for binary,
-        ``auprc`` and ``auroc``; for multi-class, ``macro_auroc``. Plain floats;
-        ranking metrics are nan when fewer than two classes are present in ``target``.
+        ``auprc`` and ``auroc`` of class ``positive``; for multi-class, ``macro_auroc``
+        and ``macro_auprc`` (one-vs-rest, mean over classes). Plain floats; ranking
+        metrics are nan when fewer than two classes are present in ``target``.
     """
     _check_num_classes(num_classes)
+    positive = _check_positive(positive, num_classes)
     # float64 on CPU: a report number should not carry float32 rounding of tiny losses.
     logits = logits.detach().cpu().to(torch.float64)
     target = target.detach().cpu()
@@ -256,12 +314,34 @@ def classification_metrics(logits: Tensor, target: Tensor, num_classes: int) -> 
     micro = MulticlassAccuracy(num_classes=num_classes, average="micro")
     out["balanced_accuracy"] = float(macro(pred, target))
     out["accuracy"] = float(micro(pred, target))
+    out.update(_ranking_metrics(prob, target, num_classes, positive))
+    return out
+
+
+def _check_positive(positive: int | None, num_classes: int) -> int:
+    if positive is None:
+        return 1
+    if isinstance(positive, bool) or not isinstance(positive, int):
+        raise VTSSError(f"positive must be a class index (int), got {positive!r}.")
+    if not 0 <= positive < num_classes:
+        raise VTSSError(f"positive must lie in [0, {num_classes - 1}], got {positive}.")
+    return positive
+
+
+def _ranking_metrics(
+    prob: Tensor, target: Tensor, num_classes: int, positive: int
+) -> dict[str, float]:
+    """AUPRC/AUROC of ``positive`` (binary) or their macro one-vs-rest means."""
     ranked = target.unique().numel() >= 2
     nan = float("nan")
     if num_classes == 2:
-        out["auprc"] = float(BinaryAveragePrecision()(prob[:, 1], target)) if ranked else nan
-        out["auroc"] = float(BinaryAUROC()(prob[:, 1], target)) if ranked else nan
-    else:
-        auroc = MulticlassAUROC(num_classes=num_classes, average="macro")
-        out["macro_auroc"] = float(auroc(prob, target)) if ranked else nan
-    return out
+        score, is_pos = prob[:, positive], (target == positive).long()
+        return {
+            "auprc": float(BinaryAveragePrecision()(score, is_pos)) if ranked else nan,
+            "auroc": float(BinaryAUROC()(score, is_pos)) if ranked else nan,
+        }
+    if not ranked:
+        return {"macro_auroc": nan, "macro_auprc": nan}
+    auroc = MulticlassAUROC(num_classes=num_classes, average="macro")
+    auprc = MulticlassAveragePrecision(num_classes=num_classes, average="macro")
+    return {"macro_auroc": float(auroc(prob, target)), "macro_auprc": float(auprc(prob, target))}

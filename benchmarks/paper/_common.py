@@ -312,7 +312,7 @@ def pm_squared_classifier(**kwargs):
             s = super().forward(x)
             return torch.cat([s[:, :1], s[:, 1:] + 0.5], dim=1)
 
-    return PMSquaredClassifier(loss="mse", fit_intercept=False, **kwargs)
+    return PMSquaredClassifier(loss="mse", fit_intercept=False, weight_decay=0.0, **kwargs)
 
 
 def linear_weight(model) -> np.ndarray:

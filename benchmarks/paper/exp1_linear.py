@@ -101,7 +101,7 @@ def run_rep(seed: int, ratios: list[float]) -> RepResult:
     callback = VTSSCallback(ratios=ratios, verbose=False, seed=seed)
     t0 = time.perf_counter()
     fitted = trainer([callback])
-    fitted.fit(TabularClassifier(), datamodule=dm)
+    fitted.fit(TabularClassifier(weight_decay=0.0), datamodule=dm)
     seconds_vtss = time.perf_counter() - t0
     result = callback.result
     assert result is not None and result.test_metrics is not None
@@ -110,7 +110,7 @@ def run_rep(seed: int, ratios: list[float]) -> RepResult:
     # drawn during the callback's search already covers every candidate), same
     # trainer settings and seed as the callback's own candidate fits.
     t1 = time.perf_counter()
-    template = TabularClassifier()
+    template = TabularClassifier(weight_decay=0.0)
     template.configure_from_data(dm)
     cand_ratios, val_curve, test_curve, _ = holdout_curve(dm, template, fitted, ratios, seed)
     seconds_curve = time.perf_counter() - t1
@@ -150,7 +150,7 @@ def run_tg(seed: int) -> dict:
         dataset="paper_linear", scale=False, seed=seed, generator=SMOTEGenerator(k_neighbors=5)
     )
     callback = VTSSCallback(grid="tg", verbose=False, seed=seed)
-    trainer([callback]).fit(TabularClassifier(), datamodule=dm)
+    trainer([callback]).fit(TabularClassifier(weight_decay=0.0), datamodule=dm)
     diag = callback.result.diagnostics["tg"]
     return {
         "selected": float(callback.result.selected_ratio),
@@ -173,7 +173,7 @@ def population_floor(seed: int, per_class: int = 200_000, test_per_class: int = 
     rng = np.random.default_rng(np.random.SeedSequence([seed, 20_260_116]))
     x, y = simulate_paper_linear(per_class, per_class, rng)
     x_test, y_test = simulate_paper_linear(test_per_class, test_per_class, rng)
-    model = TabularClassifier(n_features=x.shape[1], num_classes=2)
+    model = TabularClassifier(weight_decay=0.0, n_features=x.shape[1], num_classes=2)
     x_t, y_t = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y)
     loader = TensorBatches(x_t, y_t, batch_size=None, shuffle=False)
     with warnings.catch_warnings():

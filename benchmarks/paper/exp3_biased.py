@@ -99,7 +99,7 @@ def curve(x, y, gen: SyntheticGenerator, ratios, seed: int) -> list[float]:
     for g in ratios:
         m = round(g * gap)
         model = TabularClassifier(
-            loss="mse", fit_intercept=False, n_features=x.shape[1], num_classes=2
+            weight_decay=0.0, loss="mse", fit_intercept=False, n_features=x.shape[1], num_classes=2
         )
         fit_arrays(
             model,

@@ -73,7 +73,9 @@ def refit_excess(x: np.ndarray, y: np.ndarray, pool: np.ndarray, size: float, se
         raise SystemExit(
             f"{m} synthetic rows asked for, the pool has {len(pool)}; raise POOL_RATIO"
         )
-    model = TabularClassifier(loss="mse", fit_intercept=False, n_features=2, num_classes=2)
+    model = TabularClassifier(
+        weight_decay=0.0, loss="mse", fit_intercept=False, n_features=2, num_classes=2
+    )
     fit_arrays(
         model,
         np.concatenate([x, pool[:m]]),
@@ -113,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                 x, y, scale=False, seed=seed, generator=ShiftedGaussian(c)
             )
             cb = VTSSCallback(ratios=VTSS_RATIOS, folds=args.folds, verbose=False, seed=seed)
-            trainer([cb]).fit(TabularClassifier(loss="mse", fit_intercept=False), datamodule=dm)
+            trainer([cb]).fit(
+                TabularClassifier(weight_decay=0.0, loss="mse", fit_intercept=False), datamodule=dm
+            )
             sel = round(float(cb.result.selected_ratio), 10)
             out[n1]["curve"].append([curve[g] for g in ratios])
             out[n1]["ratios"] = ratios
@@ -124,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                 x, y, scale=False, seed=seed, generator=ShiftedGaussian(c)
             )
             tg = VTSSCallback(grid="tg", folds=args.folds, verbose=False, seed=seed)
-            trainer([tg]).fit(TabularClassifier(loss="mse", fit_intercept=False), datamodule=dm)
+            trainer([tg]).fit(
+                TabularClassifier(weight_decay=0.0, loss="mse", fit_intercept=False), datamodule=dm
+            )
             tg_sel = round(float(tg.result.selected_ratio), 10)
             out[n1]["tg"].append((tg_sel, refit_excess(x, y, pool, tg_sel * gap, seed)))
             out[n1]["tg_diag"].append(tg.result.diagnostics["tg"])

@@ -117,12 +117,12 @@ class Risk:
 
 
 def logistic() -> TabularClassifier:
-    return TabularClassifier(fit_intercept=False)
+    return TabularClassifier(weight_decay=0.0, fit_intercept=False)
 
 
 def refit_excess(risk: Risk, x, y, pool, size: float, seed: int) -> float:
     m = round(size)
-    model = TabularClassifier(fit_intercept=False, n_features=D, num_classes=2)
+    model = TabularClassifier(weight_decay=0.0, fit_intercept=False, n_features=D, num_classes=2)
     fit_arrays(model, np.concatenate([x, pool[:m]]), np.r_[y, np.ones(m, np.int64)], seed=seed)
     return risk.excess(linear_weight(model))
 

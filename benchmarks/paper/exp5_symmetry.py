@@ -146,7 +146,9 @@ def curve(x, y, gen_name, kind, seed, coding="pm") -> list[float]:
             fit_arrays(model, xa, ya, seed=seed)
             out.append(excess_pm(2 * linear_weight(model)))
         else:
-            model = TabularClassifier(loss="mse", fit_intercept=False, n_features=D, num_classes=2)
+            model = TabularClassifier(
+                weight_decay=0.0, loss="mse", fit_intercept=False, n_features=D, num_classes=2
+            )
             fit_arrays(model, xa, ya, seed=seed)
             out.append(excess_01(linear_weight(model)))
     return out

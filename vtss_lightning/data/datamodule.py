@@ -35,9 +35,10 @@ class SyntheticAugmentationDataModule(_lightning.dual_base("LightningDataModule"
     """Real rows plus the first ``m_k`` synthetic rows of each minority class.
 
     Splits the development data (stratified), fits preprocessing and one generator per
-    minority class on the training rows only, samples a :class:`SyntheticPool` once
-    at the largest size asked for, and serves ERM batches over the union of real and
-    synthetic rows. Validation and test loaders carry real rows only.
+    minority class on the training rows only, samples a :class:`SyntheticPool` in
+    seeded chunks up to the largest size asked for (prefixes are nested whatever the
+    size), and serves ERM batches over the union of real and synthetic rows.
+    Validation and test loaders carry real rows only.
 
     Use it directly with in-memory tensors, or through :class:`TabularDataModule`
     (tables) and ``ImageDataModule`` (images), which only change how data is loaded and
@@ -219,7 +220,8 @@ class SyntheticAugmentationDataModule(_lightning.dual_base("LightningDataModule"
         """Fit the generators (once per split) and draw the pool at ``sizes``.
 
         The draw is reused while it covers the requested sizes; a larger request draws
-        anew, so a search must prepare its largest candidate before any candidate.
+        only the chunks it lacks. Either way the first ``m`` rows of a class do not
+        depend on the largest size ever asked for.
         """
         split = self._require_setup()
         return self.pool_builder.prepare(split, sizes)

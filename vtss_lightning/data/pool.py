@@ -1,8 +1,15 @@
-"""The synthetic pool: drawn once per class at the largest size, read by prefixes.
+"""The synthetic pool: drawn per class in seeded chunks, read by prefixes.
 
 :class:`PoolBuilder` fits one generator per class on a split's training rows,
 samples it, and checks what comes back (count, width, finiteness) before a row can
 reach a model; :class:`SyntheticPool` keeps the draw and serves its prefixes.
+
+A class's pool is drawn in chunks of ``POOL_CHUNK_ROWS`` rows, chunk ``j`` with its
+own seed (:func:`~vtss_lightning._random.pool_chunk_seed`), and cut to the size
+asked for. Many generators (SMOTE, jitter, the Gaussian, TVAE, the deep ones) draw
+differently for a different row count, but a chunk never changes, so for one seed
+the first ``m`` rows are the same whether ``m`` or any ``M > m`` rows are asked for:
+candidates, a run forced to one size and a resumed search train on the same rows.
 """
 
 from __future__ import annotations
@@ -18,8 +25,9 @@ import torch
 
 from vtss_lightning._random import (
     GENERATOR_FIT_SALT,
-    GENERATOR_SAMPLE_SALT,
+    POOL_CHUNK_ROWS,
     derive_seed,
+    pool_chunk_seed,
     round_half_up,
 )
 from vtss_lightning.data.features import Features, as_frame, take_rows
@@ -61,10 +69,14 @@ class SyntheticPool:
     ----------
     rows
         Encoded synthetic rows per class index, each of shape ``(m_k, d)``.
+    empty
+        A ``(0, d)`` tensor on the rows' device, what :meth:`take` returns when every
+        size is 0 (a 1-d empty tensor when ``None``).
     """
 
-    def __init__(self, rows: Mapping[int, torch.Tensor]) -> None:
+    def __init__(self, rows: Mapping[int, torch.Tensor], empty: torch.Tensor | None = None) -> None:
         self.rows = dict(rows)
+        self.empty = empty
 
     @property
     def capacity(self) -> dict[int, int]:
@@ -92,11 +104,13 @@ class SyntheticPool:
             xs.append(block)
             ys.append(torch.full((m,), k, dtype=torch.long, device=block.device))
         if not xs:
-            return torch.empty(0), torch.empty(0, dtype=torch.long)
+            empty = torch.empty(0) if self.empty is None else self.empty
+            return empty, torch.empty(0, dtype=torch.long, device=empty.device)
         return torch.cat(xs), torch.cat(ys)
 
     def to(self, device: torch.device) -> SyntheticPool:
-        return SyntheticPool({k: v.to(device) for k, v in self.rows.items()})
+        empty = None if self.empty is None else self.empty.to(device)
+        return SyntheticPool({k: v.to(device) for k, v in self.rows.items()}, empty)
 
 
 class PoolBuilder:
@@ -105,8 +119,9 @@ class PoolBuilder:
     The fitted generators and the pool are kept on the split (they belong to its
     training rows); the builder holds what every split shares. Class ``k``'s
     generator is fitted with seed ``derive_seed(seed, GENERATOR_FIT_SALT, k)`` and
-    sampled with ``derive_seed(seed, GENERATOR_SAMPLE_SALT, k)``; rows are drawn on
-    the device of the split's tensors.
+    sampled in chunks of :attr:`chunk_rows` rows, chunk ``j`` with seed
+    ``pool_chunk_seed(seed, k, j)``; rows are drawn on the device of the split's
+    tensors.
 
     Parameters
     ----------
@@ -121,6 +136,8 @@ class PoolBuilder:
 
     Attributes
     ----------
+    chunk_rows
+        Rows per seeded chunk (``POOL_CHUNK_ROWS``); another value gives other rows.
     on_generator_fitted
         Called with ``(who, seconds)`` after each class's generator is fitted (the
         search shows it live: deep generators can take minutes).
@@ -133,27 +150,38 @@ class PoolBuilder:
         self.features = features
         self.classes = classes
         self.seed = seed
+        self.chunk_rows = POOL_CHUNK_ROWS
         self.on_generator_fitted: Callable[[str, float], None] | None = None
 
     def prepare(self, split: PreparedSplit, sizes: Mapping[int, int]) -> SyntheticPool:
         """Fit the generators (once per split) and draw the pool at ``sizes``.
 
-        The draw is reused while it covers the requested sizes; a larger request draws
-        anew, so a search must prepare its largest candidate before any candidate.
+        The pool is reused while it covers the requested sizes; a larger request keeps
+        the whole chunks already drawn and draws the rest, so the rows a size gets do
+        not depend on which sizes were asked for before.
         """
-        if split.pool.covers(sizes):
+        if split.pool.covers(sizes) and split.pool.empty is not None:
             return split.pool
-        rows: dict[int, torch.Tensor] = {}
+        rows = dict(split.pool.rows)
         for k, m in sorted(sizes.items()):
-            if m <= 0:
-                continue
-            generator = split.generators.get(k) or self._fit_class(split, k)
-            split.generators[k] = generator
-            where = f" for class {label_text(self.classes[k])}"
-            seed = derive_seed(self.seed, GENERATOR_SAMPLE_SALT, k)
-            rows[k] = self.sample(split, generator, m, seed, where)
-        split.pool = SyntheticPool(rows)
+            if m > len(rows.get(k, ())):
+                rows[k] = self._draw_class(split, k, m, rows.get(k))
+        split.pool = SyntheticPool(rows, empty=split.x_train[:0])
         return split.pool
+
+    def _draw_class(
+        self, split: PreparedSplit, k: int, m: int, drawn: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Class ``k``'s first ``m`` pool rows: the whole chunks of ``drawn``, then new ones."""
+        generator = split.generators.get(k) or self._fit_class(split, k)
+        split.generators[k] = generator
+        where = f" for class {label_text(self.classes[k])}"
+        c = self.chunk_rows
+        kept = 0 if drawn is None else len(drawn) // c
+        blocks = [] if drawn is None else [drawn[: kept * c]]
+        for j in range(kept, -(-m // c)):  # ceil(m / c) chunks in all
+            blocks.append(self.sample(split, generator, c, pool_chunk_seed(self.seed, k, j), where))
+        return torch.cat(blocks)[:m]
 
     def _fit_class(self, split: PreparedSplit, k: int) -> SyntheticGenerator:
         """Class ``k``'s generator, fitted on all its training rows with its own seed."""
@@ -196,11 +224,16 @@ class PoolBuilder:
         seed: int,
         where: str = "",
     ) -> torch.Tensor:
-        """``m`` rows from ``generator``, encoded like ``split`` and checked (shape, finite).
+        """``m`` rows from ``generator`` in one call, encoded like ``split`` and checked.
 
+        The checks: ``m`` rows (``m = 0`` gives a ``(0, d)`` tensor), the split's
+        width, finite values. One call's rows depend on ``m`` for most generators;
+        :meth:`prepare` draws fixed-size chunks through this to keep pools nested.
         ``where`` (e.g. ``" for class 'pos'"``) is added to the generator's name in
         the error raised when the rows are unusable.
         """
+        if m == 0:  # nothing to draw (and scikit-learn's encoders refuse 0-row frames)
+            return split.x_train.new_zeros((0, split.x_train.shape[1]))
         try:
             rows = generator.sample(m, generator_seed=seed)
         except VTSSError as exc:

@@ -14,6 +14,7 @@ import torch
 from sklearn.model_selection import RepeatedStratifiedKFold, train_test_split
 
 from vtss_lightning.data.features import Features, take_rows
+from vtss_lightning.data.labels import label_text
 from vtss_lightning.data.pool import SyntheticPool
 from vtss_lightning.data.preprocessing import Preprocessor
 from vtss_lightning.errors import VTSSError
@@ -101,7 +102,7 @@ def holdout_indices(
     for k, n in enumerate(counts):
         if n < 2:
             raise VTSSError(
-                f"class {classes[k]!r} has {n} row(s); each class needs at least 2 "
+                f"class {label_text(classes[k])} has {n} row(s); each class needs at least 2 "
                 "(one for training, one for validation)"
             )
     n_val = int(np.ceil(val_fraction * len(y)))
@@ -134,7 +135,8 @@ def stratified_folds(
     if counts.min() < folds:
         k = int(counts.argmin())
         raise VTSSError(
-            f"class {classes[k]!r} has {counts[k]} rows, fewer than folds={folds}; use fewer folds"
+            f"class {label_text(classes[k])} has {counts[k]} rows, fewer than folds={folds}; "
+            "use fewer folds"
         )
     splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
     for i, (tr, va) in enumerate(splitter.split(np.zeros(len(y)), y)):

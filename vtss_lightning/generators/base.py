@@ -26,8 +26,9 @@ class SyntheticGenerator(ABC):
     """Learns the rows of one class and samples more rows like them.
 
     The DataModule fits one instance per minority class on that class's *training*
-    rows only and calls :meth:`sample` once, at the largest candidate size; candidate
-    sizes then take prefixes of that draw.
+    rows only and calls :meth:`sample` for fixed-size chunks of its pool, each with its
+    own seed; candidate sizes then take prefixes of that draw. So a generator's rows
+    may depend on ``n`` (SMOTE's, TVAE's and the deep ones' do): pools stay nested.
 
     ``input_kind`` says which representation the generator works in:
 

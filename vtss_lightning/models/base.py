@@ -75,13 +75,14 @@ class BalancedClassifier(_lightning.dual_base("LightningModule")):
         w = self.class_weights[y]
         return (w * per_row).sum() / w.sum()
 
-    def penalty(self) -> torch.Tensor | float:
-        """Extra term added to the training loss (e.g. an explicit L2 penalty)."""
+    def penalty(self, n_rows: int = 0) -> torch.Tensor | float:
+        """Extra term added to the training loss of a batch of ``n_rows`` rows (e.g. an
+        explicit L2 penalty scaled by the data size)."""
         return 0.0
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = self.loss(self(x), y) + self.penalty()
+        loss = self.loss(self(x), y) + self.penalty(len(y))
         if self.trainer.loggers or self.trainer.progress_bar_callback is not None:
             # Skipped in VTSS's inner fits (no logger, no bar): logging dominates tiny steps.
             self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True)

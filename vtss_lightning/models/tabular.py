@@ -19,9 +19,10 @@ class TabularClassifier(BalancedClassifier):
     The input width and class count come from the DataModule when the trainer calls
     ``configure_model``, so configs never state them. With ``optimizer="lbfgs"`` the
     model asks for full-batch data (``full_batch``) and each training step runs L-BFGS
-    with a strong-Wolfe line search to convergence: for ``hidden_dims=[]`` and
-    ``weight_decay=0`` that is the maximum-likelihood logistic regression the paper
-    fits. Binary problems use one logit (class 0 fixed at 0), so the parameters are
+    with a strong-Wolfe line search to convergence: for ``hidden_dims=[]`` that is
+    L2-regularised logistic regression like scikit-learn's ``LogisticRegression()``
+    (``weight_decay="auto"``), or the maximum-likelihood fit the paper uses with
+    ``weight_decay=0``. Binary problems use one logit (class 0 fixed at 0), so the parameters are
     identifiable.
 
     Parameters
@@ -33,7 +34,12 @@ class TabularClassifier(BalancedClassifier):
     lr
         Learning rate; defaults to 1.0 for L-BFGS and 1e-3 for AdamW.
     weight_decay
-        L2 penalty on weights (not biases); added to the loss for L-BFGS.
+        L2 penalty on weights (not biases): ``lambda / 2 * ||w||^2`` added to the mean
+        loss for L-BFGS, decoupled decay for AdamW. ``"auto"`` (default) is
+        scikit-learn's ``C=1`` for L-BFGS, ``lambda = 1 / n`` with ``n`` the rows of
+        the fit (real + synthetic), so a small table cannot drive the logits to
+        infinity (unregularised fits overfit small tables, with balanced losses worse
+        than a constant predictor's); for AdamW it is 0.
     dropout
         Dropout after each hidden layer.
     max_iter
@@ -64,7 +70,7 @@ class TabularClassifier(BalancedClassifier):
         hidden_dims: list[int] | None = None,
         optimizer: Literal["lbfgs", "adamw"] = "lbfgs",
         lr: float | None = None,
-        weight_decay: float = 0.0,
+        weight_decay: float | Literal["auto"] = "auto",
         dropout: float = 0.0,
         max_iter: int = 500,
         loss: Literal["cross_entropy", "mse"] = "cross_entropy",
@@ -83,7 +89,11 @@ class TabularClassifier(BalancedClassifier):
             raise VTSSError(f"hidden_dims must be positive widths, got {hidden_dims}")
         if lr is not None and lr <= 0:
             raise VTSSError(f"lr must be > 0, got {lr}")
-        if weight_decay < 0 or not 0 <= dropout < 1:
+        if (
+            weight_decay != "auto"
+            and (isinstance(weight_decay, str) or weight_decay < 0)
+            or not 0 <= dropout < 1
+        ):
             raise VTSSError("weight_decay must be >= 0 and dropout in [0, 1)")
         if loss not in ("cross_entropy", "mse"):
             raise VTSSError(f"loss must be 'cross_entropy' or 'mse', got {loss!r}")
@@ -193,12 +203,20 @@ class TabularClassifier(BalancedClassifier):
             return (scores[:, 1] - y.to(scores.dtype)).pow(2)
         return (scores - F.one_hot(y, self.num_classes).to(scores.dtype)).pow(2).sum(1)
 
-    def penalty(self) -> torch.Tensor | float:
+    def l2_strength(self, n_rows: int) -> float:
+        """The L2 ``lambda`` of a fit on ``n_rows`` rows (``"auto"``: 1/n for L-BFGS)."""
+        wd = self.hparams.weight_decay
+        if wd == "auto":
+            return 1.0 / max(1, n_rows) if self.full_batch else 0.0
+        return float(wd)
+
+    def penalty(self, n_rows: int = 0) -> torch.Tensor | float:
         """L-BFGS fits add the L2 penalty to the loss (AdamW applies it as decay)."""
-        if not (self.full_batch and self.hparams.weight_decay > 0):
+        strength = self.l2_strength(n_rows)
+        if not (self.full_batch and strength > 0):
             return 0.0
         weights = [m.weight for m in self.net.modules() if isinstance(m, nn.Linear)]
-        return 0.5 * self.hparams.weight_decay * sum(w.pow(2).sum() for w in weights)
+        return 0.5 * strength * sum(w.pow(2).sum() for w in weights)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -216,7 +234,7 @@ class TabularClassifier(BalancedClassifier):
         no_decay = [p for n, p in self.named_parameters() if p.ndim <= 1]
         return torch.optim.AdamW(
             [
-                {"params": decay, "weight_decay": hp.weight_decay},
+                {"params": decay, "weight_decay": self.l2_strength(0)},
                 {"params": no_decay, "weight_decay": 0.0},
             ],
             lr=hp.lr or 1e-3,

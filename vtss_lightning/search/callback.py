@@ -10,7 +10,7 @@ from vtss_lightning import _lightning
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.config import SearchConfig
 from vtss_lightning.search.loggers import log_search
-from vtss_lightning.search.objective import test_metrics
+from vtss_lightning.search.objective import minority_class, test_metrics
 from vtss_lightning.search.progress import PROGRESS_NAME
 from vtss_lightning.search.report import VTSSResult
 from vtss_lightning.search.run import run_search
@@ -58,8 +58,13 @@ class VTSSCallback(_lightning.dual_base("Callback")):
         candidate fine-tuned from it for ``finetune_fraction`` of the budget; may
         understate large sizes).
     folds, repeats
-        Stratified (repeated) K-fold selection over train+val rows instead of the
-        hold-out, e.g. ``folds=5, repeats=5`` as in the paper.
+        ``"auto"`` (default): the data decide — the 20% hold-out when every class has
+        at least 100 validation rows there, else stratified 5-fold over train+val
+        rows, repeated (up to 5x) until the smallest class is validated about 100
+        times (:mod:`vtss_lightning.search.validation`; the report's
+        ``diagnostics.validation`` and ``validation_reason`` say which ran and why).
+        An integer: that many folds (``repeats`` times, default 1), e.g. ``folds=5,
+        repeats=5`` as in the paper; ``None``: the hold-out.
     finetune_fraction
         Share of the epoch/step budget each fine-tune gets.
     halving_eta
@@ -79,6 +84,13 @@ class VTSSCallback(_lightning.dual_base("Callback")):
         strategy but ``finetune``/``ray``, without ``folds``), its weights become the
         final model and the outer fit takes no step (cheapest; the trainer's own
         checkpoints and validation metrics then hold nothing of the final model).
+    extend_grid, max_ratio
+        With the default grid, when the largest candidate wins, add one at twice its
+        ratio and search on, up to ``max_ratio`` times each class's gap (a grid that
+        stops where the curve still falls would report its edge as the best size);
+        ``diagnostics.grid_extended_to`` lists the added ratios, and
+        ``diagnostics.curve`` says when the curve is flat. Explicit ``ratios=`` are
+        searched as given.
     candidate_callbacks
         Which of the trainer's callbacks every candidate fit gets a fresh copy of.
         ``None`` (default): those that shape training (EarlyStopping,
@@ -108,10 +120,10 @@ class VTSSCallback(_lightning.dual_base("Callback")):
         strategy: Literal[
             "retrain", "finetune", "parallel", "halving", "parallel_halving", "ray"
         ] = "retrain",
-        folds: int | None = None,
-        repeats: int = 1,
+        folds: int | Literal["auto"] | None = "auto",
+        repeats: int | None = None,
         finetune_fraction: float = 0.3,
-        selection: Literal["min", "one_se", "smooth"] = "min",
+        selection: Literal["min", "one_se", "smooth", "paired_se"] = "min",
         verbose: bool = True,
         seed: int = 0,
         progress: bool = True,
@@ -120,6 +132,8 @@ class VTSSCallback(_lightning.dual_base("Callback")):
         refit: bool = True,
         snapshot: Literal["best", "last"] = "last",
         candidate_callbacks: list[str] | None = None,
+        extend_grid: bool = True,
+        max_ratio: float = 4.0,
     ) -> None:
         self.config = SearchConfig(
             ratios=ratios,
@@ -138,6 +152,8 @@ class VTSSCallback(_lightning.dual_base("Callback")):
             refit=refit,
             snapshot=snapshot,
             candidate_callbacks=candidate_callbacks,
+            extend_grid=extend_grid,
+            max_ratio=max_ratio,
         )
         self.result: VTSSResult | None = None
         self._fit_started: float | None = None
@@ -217,7 +233,13 @@ class VTSSCallback(_lightning.dual_base("Callback")):
             return
         dm = trainer.datamodule
         if dm.has_test:
-            self.result.test_metrics = test_metrics(pl_module, dm.x_test, dm.y_test, dm.num_classes)
+            positive = minority_class(dm.holdout.class_counts)  # binary AUPRC/AUROC's class
+            metrics = test_metrics(
+                pl_module, dm.x_test, dm.y_test, dm.num_classes, positive=positive
+            )
+            if dm.num_classes == 2:
+                metrics["positive_class"] = dm.class_names[positive]
+            self.result.test_metrics = metrics
         grid = write_sample_grid(dm, folder)  # image data only
         if grid is not None:
             self.result.diagnostics["sample_grid"] = grid.name

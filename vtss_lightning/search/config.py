@@ -17,7 +17,7 @@ from vtss_lightning.errors import VTSSError
 #: Ways of training the candidates (see :mod:`vtss_lightning.search.strategies`).
 STRATEGY_NAMES = ("retrain", "finetune", "parallel", "halving", "parallel_halving", "ray")
 #: Rules that pick the winner (see :mod:`vtss_lightning.search.selection`).
-SELECTION_RULES = ("min", "one_se", "smooth")
+SELECTION_RULES = ("min", "one_se", "smooth", "paired_se")
 GRIDS = ("default", "tg")
 SNAPSHOTS = ("best", "last")
 
@@ -33,8 +33,8 @@ class SearchConfig:
     sizes: tuple[dict[str, int], ...] | None = None
     grid: str = "default"
     strategy: str = "retrain"
-    folds: int | None = None
-    repeats: int = 1
+    folds: int | str | None = "auto"
+    repeats: int | None = None
     finetune_fraction: float = 0.3
     selection: str = "min"
     verbose: bool = True
@@ -45,6 +45,8 @@ class SearchConfig:
     refit: bool = True
     snapshot: str = "last"
     candidate_callbacks: tuple[str, ...] | None = None
+    extend_grid: bool = True
+    max_ratio: float = 4.0
 
     def __post_init__(self) -> None:
         if self.ratios is not None:
@@ -61,7 +63,8 @@ class SearchConfig:
 
     @property
     def reuses_winner(self) -> bool:
-        """Whether the winner's weights may become the final model (hold-out, no refit)."""
+        """Whether the winner's weights may become the final model (hold-out, no refit;
+        meaningful once ``folds`` is resolved, see :mod:`.validation`)."""
         return not self.refit and self.folds is None
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,18 +117,23 @@ def _check_grid(cfg: SearchConfig) -> None:
 
 
 def _check_validation(cfg: SearchConfig) -> None:
-    if cfg.folds is not None and cfg.folds < 2:
-        raise VTSSError(f"folds must be >= 2 (or None for the hold-out), got {cfg.folds}")
-    if cfg.repeats < 1:
+    folds = cfg.folds
+    if folds != "auto" and folds is not None and (isinstance(folds, str | bool) or folds < 2):
+        raise VTSSError(
+            f"folds must be 'auto', an integer >= 2, or None for the hold-out, got {folds!r}"
+        )
+    if cfg.repeats is not None and cfg.repeats < 1:
         raise VTSSError(f"repeats must be >= 1, got {cfg.repeats}")
     if cfg.selection == "one_se" and cfg.folds is None:
         raise VTSSError('selection="one_se" needs folds (e.g. folds=5, repeats=5)')
 
 
 def _check_strategy_settings(cfg: SearchConfig) -> None:
-    if "halving" in cfg.strategy and cfg.folds is not None:
+    if "halving" in cfg.strategy and cfg.folds not in (None, "auto"):
         raise VTSSError("halving strategies use the hold-out; drop folds= or use 'parallel'")
     if cfg.halving_eta <= 1:
         raise VTSSError(f"halving_eta must be > 1, got {cfg.halving_eta}")
+    if not (math.isfinite(cfg.max_ratio) and cfg.max_ratio > 0):
+        raise VTSSError(f"max_ratio must be a finite number > 0, got {cfg.max_ratio}")
     if not 0 < cfg.finetune_fraction <= 1:
         raise VTSSError(f"finetune_fraction must be in (0, 1], got {cfg.finetune_fraction}")

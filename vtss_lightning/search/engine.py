@@ -20,6 +20,7 @@ from vtss_lightning.search.report import CandidateResult, VTSSResult
 from vtss_lightning.search.scores import MemoryStore, Scores, ScoreStore, score_jobs
 from vtss_lightning.search.selection import select
 from vtss_lightning.search.strategies.base import Scorer
+from vtss_lightning.search.validation import ValidationPlan, plan_validation
 
 
 class SearchEngine:
@@ -30,9 +31,12 @@ class SearchEngine:
     config
         The search's settings (grid, validation scheme, selection rule, verbosity).
         For quick use the same settings may be given as keywords instead, e.g.
-        ``SearchEngine([0, 1, 2], folds=3)`` (``ratios`` first).
+        ``SearchEngine([0, 1, 2], folds=3)`` (``ratios`` first); this low-level form
+        validates on the hold-out unless ``folds`` is given (``"auto"`` included).
     ratios
         Candidate ratios replacing ``config.ratios`` (the TG-VTSS grid).
+    plan
+        The validation scheme already chosen for ``folds="auto"`` (else chosen here).
     **settings
         :class:`SearchConfig` fields, when ``config`` is not a :class:`SearchConfig`.
     """
@@ -41,16 +45,27 @@ class SearchEngine:
         self,
         config: SearchConfig | Sequence[float] | None = None,
         ratios: Sequence[float] | None = None,
+        plan: ValidationPlan | None = None,
         **settings: Any,
     ) -> None:
         if not isinstance(config, SearchConfig):
+            settings.setdefault("folds", None)
             config = SearchConfig(ratios=config if ratios is None else ratios, **settings)
         elif settings:
             raise VTSSError(f"give settings in the SearchConfig, not as {sorted(settings)}")
         self.config = config
         self.ratios = config.ratios if ratios is None else tuple(ratios)
-        self.folds, self.repeats = config.folds, config.repeats
         self.selection, self.verbose = config.selection, config.verbose
+        self.plan: ValidationPlan | None = plan
+        self._given_plan = plan
+
+    @property
+    def folds(self) -> int | None:
+        return None if self.plan is None else self.plan.folds
+
+    @property
+    def repeats(self) -> int:
+        return 1 if self.plan is None else self.plan.repeats
 
     def _index_sizes(self, dm) -> list[dict[int, int]] | None:
         """``config.sizes`` (keyed by class name as the user wrote it) by class index."""
@@ -68,6 +83,9 @@ class SearchEngine:
         over the fits (with ``verbose``).
         """
         start = time.perf_counter()
+        self.plan = self._given_plan or plan_validation(self.config, dm)
+        if self.verbose and self.plan.reason != "as configured":
+            self._say(f"VTSS validation: {self.plan.name} ({self.plan.reason})")
         store = MemoryStore() if store is None else store
         holdout_gaps = dm.class_gaps()
         if not any(g > 0 for g in holdout_gaps.values()):
@@ -81,9 +99,37 @@ class SearchEngine:
             for s, split in enumerate(splits):
                 if todo[s]:
                     self._score_split(dm, scorer, store, grid, s, split, todo[s], display)
+            self._follow_the_curve(dm, scorer, store, grid, splits, holdout_gaps, display)
         finally:
             display.close()
         return self._result(dm, grid, holdout_gaps, len(splits), start)
+
+    def _follow_the_curve(self, dm, scorer, store, grid, splits, gaps, display) -> None:
+        """While the largest candidate wins, add one at twice its ratio (up to the cap).
+
+        A grid that stops where the curve is still falling would report its edge as the
+        best size; the pool is nested, so the added candidate's rows extend the others'.
+        """
+        cap = self.config.max_ratio
+        extendable = self.ratios is None  # the default grid; explicit ones are searched as given
+        while self.config.extend_grid and extendable:
+            results = self._candidate_results(dm, grid, gaps)
+            chosen = select(results, self.selection, sum(g for g in gaps.values() if g > 0))
+            last = grid.candidates[-1]
+            if chosen is not results[-1] or last.ratio is None or last.ratio >= cap:
+                return
+            ratio = min(cap, 2 * last.ratio) if last.ratio > 0 else 1.0
+            i = grid.add(Candidate(ratio, {k: ratio for k, g in gaps.items() if g > 0}))
+            grid.extensions.append(ratio)
+            display.line(
+                f"VTSS: the largest size won; extending the grid to ratio {ratio:g} (cap {cap:g})"
+            )
+            for s, split in enumerate(splits):
+                if store.get(s, i) is None:
+                    self._score_split(dm, scorer, store, grid, s, split, [i], display)
+                else:
+                    grid.losses[i][s], secs = store.get(s, i)
+                    grid.seconds[i] += secs
 
     def _score_split(self, dm, scorer, store, grid, s, split, pending, display) -> None:
         """Train and score the pending candidates of split ``s`` (``None``: the hold-out)."""
@@ -98,7 +144,10 @@ class SearchEngine:
             jobs = [(i, candidates[i].sizes(gaps)) for i in pending]
             for i, loss, secs in score_jobs(scorer, dm, jobs, grid.notes):  # as each finishes
                 loss = grid.put(s, i, loss, secs)
-                store.put(s, i, loss, secs)
+                comparator = scorer.comparators.pop(dm.active.name, None)
+                if comparator is not None:  # the no-synthetic fit's logit adjustment
+                    grid.comparators[s] = comparator
+                store.put(s, i, loss, secs, comparator)
                 display.fit_done(loss, "" if split is None else split[0])
                 if split is None:
                     display.line(self._progress_line(dm, i, len(candidates), candidates[i], gaps, loss, secs))
@@ -110,12 +159,7 @@ class SearchEngine:
     def _result(self, dm, grid: Scores, holdout_gaps, n_splits: int, start: float) -> VTSSResult:
         """Selection over the mean losses, and the report's description of the search."""
         candidates = grid.candidates
-        results = [
-            self._candidate_result(dm, cand, holdout_gaps, row, secs, grid.notes.get(i))
-            for i, (cand, row, secs) in enumerate(
-                zip(candidates, grid.losses, grid.seconds, strict=True)
-            )
-        ]
+        results = self._candidate_results(dm, grid, holdout_gaps)
         if self.verbose and self.folds is not None:
             for i, (cand, res) in enumerate(zip(candidates, results, strict=True)):
                 mean = math.nan if res.val_balanced_loss is None else res.val_balanced_loss
@@ -132,6 +176,8 @@ class SearchEngine:
             diagnostics={
                 **self._diagnostics(dm, holdout_gaps, n_splits),
                 **self._spread(results, grid.losses, balance_total),
+                **_curve_notes(results, grid.extensions),
+                **_comparators(grid, n_splits, chosen),
             },
             timing={
                 "search_seconds": time.perf_counter() - start,
@@ -145,6 +191,14 @@ class SearchEngine:
         return result
 
     # ---------------------------------------------------------------- helpers
+    def _candidate_results(self, dm, grid: Scores, gaps) -> list[CandidateResult]:
+        return [
+            self._candidate_result(dm, cand, gaps, row, secs, grid.notes.get(i))
+            for i, (cand, row, secs) in enumerate(
+                zip(grid.candidates, grid.losses, grid.seconds, strict=True)
+            )
+        ]
+
     def _candidate_result(
         self, dm, cand: Candidate, gaps, row: list[float], secs: float, note: str | None = None
     ) -> CandidateResult:
@@ -190,6 +244,7 @@ class SearchEngine:
             "class_counts_train": {name: counts[k] for k, name in enumerate(dm.class_names)},
             "gaps": _named(dm, {k: g for k, g in gaps.items() if g > 0}),
             "validation": "holdout" if self.folds is None else f"{self.repeats}x{self.folds}-fold",
+            "validation_reason": self.plan.reason if self.plan is not None else "as configured",
             "n_splits": n_splits,
             "notes": list(dm.notes),
         }
@@ -223,6 +278,45 @@ class SearchEngine:
     @staticmethod
     def _say(line: str) -> None:
         print(line, file=sys.stdout, flush=True)
+
+
+#: Relative spread of the mean losses under which the curve is called flat.
+FLAT_CURVE_SPREAD = 0.01
+
+
+def _curve_notes(results: list[CandidateResult], extensions: list[float]) -> dict[str, Any]:
+    """What the report says about the curve's shape: grid extensions, flatness."""
+    out: dict[str, Any] = {}
+    if extensions:
+        out["grid_extended_to"] = list(extensions)
+    losses = [c.val_balanced_loss for c in results if c.val_balanced_loss is not None]
+    if len(losses) > 1 and max(losses) - min(losses) < FLAT_CURVE_SPREAD * min(losses):
+        out["curve"] = (
+            f"flat: every size is within {FLAT_CURVE_SPREAD:.0%} of the best balanced "
+            "validation loss; the synthetic size barely matters here"
+        )
+    return out
+
+
+def _comparators(grid: Scores, n_splits: int, chosen: CandidateResult) -> dict[str, Any]:
+    """The free non-synthetic remedy on the same validation rows, beside the winner."""
+    if not grid.comparators:
+        return {}
+    values = list(grid.comparators.values())
+    loss = sum(values) / len(values)
+    return {
+        "comparators": {
+            "logit_adjustment": {
+                "what": "the no-synthetic candidate's logits minus the log training priors",
+                "val_balanced_loss": loss,
+                "splits": len(values),
+                "of_splits": n_splits,
+                "beats_selected": chosen.val_balanced_loss is not None
+                and len(values) == n_splits
+                and loss < chosen.val_balanced_loss,
+            }
+        }
+    }
 
 
 def _report_generator_fits(dm, display: SearchDisplay) -> None:

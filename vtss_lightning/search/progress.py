@@ -94,6 +94,7 @@ class ProgressStore:
         self.key = key
         self.write = write
         self.scores: dict[tuple[int, int], tuple[float, float]] = {}
+        self.comparators: dict[int, float] = {}
         self._records: list[str] = []
         self._load(verbose)
         if write:
@@ -103,8 +104,15 @@ class ProgressStore:
     def get(self, split: int, candidate: int) -> tuple[float, float] | None:
         return self.scores.get((split, candidate))
 
-    def put(self, split: int, candidate: int, loss: float, seconds: float) -> None:
+    def comparator(self, split: int) -> float | None:
+        return self.comparators.get(split)
+
+    def put(
+        self, split: int, candidate: int, loss: float, seconds: float, comparator=None
+    ) -> None:
         self.scores[(split, candidate)] = (loss, seconds)
+        if comparator is not None:
+            self.comparators[split] = comparator
         if not self.write:
             return
         record = {
@@ -113,6 +121,8 @@ class ProgressStore:
             "loss": loss if math.isfinite(loss) else None,
             "seconds": seconds,
         }
+        if comparator is not None and math.isfinite(comparator):
+            record["comparator"] = comparator
         line = json.dumps(record) + "\n"
         with self.path.open("a") as fh:
             fh.write(line)
@@ -149,6 +159,8 @@ class ProgressStore:
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue  # an empty or torn line (killed mid-write)
             self.scores[key] = value
+            if rec.get("comparator") is not None:
+                self.comparators[key[0]] = float(rec["comparator"])
             self._records.append(text)
         if verbose and self.scores:
             _say(f"VTSS: resuming from {self.path}: {len(self.scores)} fit(s) already done")

@@ -146,10 +146,25 @@ class VTSSResult:
         sel = self.selected
         ratio = "" if self.selected_ratio is None else f"ratio {self.selected_ratio:g}, "
         loss = "n/a" if sel.val_balanced_loss is None else f"{sel.val_balanced_loss:.4f}"
-        return (
+        lines = [
             f"VTSS selected {ratio}sizes {_fmt_sizes(self.selected_sizes)} "
-            f"(balanced val loss {loss} over {len(self.candidates)} candidates)"
-        )
+            f"(balanced val loss {loss} over {len(self.candidates)} candidates, "
+            f"{self.diagnostics.get('validation', 'holdout')})"
+        ]
+        if self.diagnostics.get("grid_extended_to"):
+            grown = ", ".join(f"{r:g}" for r in self.diagnostics["grid_extended_to"])
+            lines.append(f"VTSS: the largest size kept winning; the grid was extended to {grown}")
+        if self.diagnostics.get("curve"):
+            lines.append(f"VTSS: the curve is {self.diagnostics['curve']}")
+        adjusted = self.diagnostics.get("comparators", {}).get("logit_adjustment")
+        if adjusted:
+            verdict = "beats" if adjusted["beats_selected"] else "does not beat"
+            lines.append(
+                "VTSS comparator: logit adjustment without synthetic rows scores "
+                f"{adjusted['val_balanced_loss']:.4f} on the same validation rows "
+                f"({verdict} the selected size)"
+            )
+        return "\n".join(lines)
 
 
 def _fmt_sizes(sizes: dict[str, int]) -> str:

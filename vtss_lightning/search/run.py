@@ -10,6 +10,7 @@ from vtss_lightning.search.engine import SearchEngine
 from vtss_lightning.search.progress import ProgressStore, search_fingerprint
 from vtss_lightning.search.report import VTSSResult
 from vtss_lightning.search.strategies import TrainerSettings, make_scorer
+from vtss_lightning.search.validation import resolve_validation
 
 if TYPE_CHECKING:  # either Lightning package at run time (vtss_lightning._lightning)
     import pytorch_lightning as pl
@@ -30,13 +31,14 @@ def run_search(
     same configuration and data skips them (:class:`ProgressStore`); ``write_progress``
     is ``False`` where another process owns the file; ``bar`` draws a live bar.
     """
+    config, plan = resolve_validation(config, dm)  # folds="auto" -> the scheme the data need
     ratios, tg = config.ratios, None
     if config.grid == "tg":
         from vtss_lightning.search.tg import run_tg_diagnostics  # binary tasks only
 
         tg = run_tg_diagnostics(module, dm, settings, config.seed, config.verbose)
         ratios = tuple(tg.candidate_ratios)
-    engine = SearchEngine(config, ratios=ratios)
+    engine = SearchEngine(config, ratios=ratios, plan=plan)
     scorer = make_scorer(config, module, settings, keep_states=config.reuses_winner)
     store = None
     if progress_path is not None:

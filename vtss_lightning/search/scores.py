@@ -23,6 +23,15 @@ class Scores:
         self.seconds = [0.0] * len(candidates)
         self.notes: dict[int, str] = {}  # why a candidate failed or was trained differently
         self.pool_mb = 0.0
+        self.extensions: list[float] = []  # ratios added because the largest size won
+        self.comparators: dict[int, float] = {}  # logit-adjusted no-synthetic loss by split
+
+    def add(self, candidate: Candidate) -> int:
+        """Append a candidate (e.g. a grid extension); its index."""
+        self.candidates.append(candidate)
+        self.losses.append([math.nan] * len(self.losses[0]))
+        self.seconds.append(0.0)
+        return len(self.candidates) - 1
 
     def restore(self, store: ScoreStore) -> list[list[int]]:
         """Take the store's finished fits; the candidates still to fit, per split."""
@@ -36,6 +45,9 @@ class Scores:
                 else:
                     self.losses[i][s] = done[0]
                     self.seconds[i] += done[1]
+            comparator = store.comparator(s)
+            if comparator is not None:
+                self.comparators[s] = comparator
             todo.append(pending)
         return todo
 
@@ -51,7 +63,13 @@ class ScoreStore(Protocol):
 
     def get(self, split: int, candidate: int) -> tuple[float, float] | None: ...
 
-    def put(self, split: int, candidate: int, loss: float, seconds: float) -> None: ...
+    def put(
+        self, split: int, candidate: int, loss: float, seconds: float, comparator=None
+    ) -> None:
+        """``comparator``: the split's logit-adjusted no-synthetic loss, kept with the
+        no-synthetic fit that produced it so a resumed search reports it too."""
+
+    def comparator(self, split: int) -> float | None: ...
 
 
 class MemoryStore:
@@ -59,12 +77,20 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.scores: dict[tuple[int, int], tuple[float, float]] = {}
+        self.comparators: dict[int, float] = {}
+
+    def comparator(self, split: int) -> float | None:
+        return self.comparators.get(split)
 
     def get(self, split: int, candidate: int) -> tuple[float, float] | None:
         return self.scores.get((split, candidate))
 
-    def put(self, split: int, candidate: int, loss: float, seconds: float) -> None:
+    def put(
+        self, split: int, candidate: int, loss: float, seconds: float, comparator=None
+    ) -> None:
         self.scores[(split, candidate)] = (loss, seconds)
+        if comparator is not None:
+            self.comparators[split] = comparator
 
 
 def score_jobs(

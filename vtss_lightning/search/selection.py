@@ -1,9 +1,11 @@
 """Selection rules: which candidate wins, given its validation losses.
 
 ``"min"`` is the paper's rule. With few minority validation rows a single minimum is
-noisy, so two steadier rules are offered: ``"one_se"`` (among candidates within one
-standard error of the best, take the one closest to full balance; needs folds) and
-``"smooth"`` (minimise the curve averaged over each candidate and its neighbours).
+noisy, so steadier rules are offered: ``"one_se"`` (among candidates within one
+standard error of the best, take the one closest to full balance; needs folds),
+``"paired_se"`` (full balance unless a candidate beats it by more than one *paired*
+standard error over the same folds and pool prefix) and ``"smooth"`` (minimise the
+curve averaged over each candidate and its neighbours).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def select(
         return _lowest(ok, _smoothed([c.val_balanced_loss for c in ok]))
     if rule == "one_se":
         return _one_se(ok, balance_total)
+    if rule == "paired_se":
+        return _paired_se(ok, balance_total)
     raise VTSSError(f"unknown selection rule {rule!r}; choose one of {', '.join(SELECTION_RULES)}")
 
 
@@ -64,6 +68,51 @@ def _smoothed(losses: Sequence[float]) -> list[float]:
     return [
         sum(losses[max(0, i - 1) : i + 2]) / len(losses[max(0, i - 1) : i + 2]) for i in range(n)
     ]
+
+
+def _balance_anchor(cands: Sequence[CandidateResult], balance_total: int | None):
+    """The candidate at (or nearest to) full balance."""
+
+    def distance(c: CandidateResult) -> float:
+        if c.ratio is not None:
+            return abs(c.ratio - 1.0)
+        return abs(c.total_size - (balance_total or 0))
+
+    return min(cands, key=lambda c: (distance(c), c.total_size))
+
+
+def paired_differences(c: CandidateResult, anchor: CandidateResult) -> list[float]:
+    """Loss differences to ``anchor`` split by split (same folds, same pool prefix)."""
+    return [
+        a - b
+        for a, b in zip(c.fold_losses, anchor.fold_losses, strict=True)
+        if a is not None and b is not None
+    ]
+
+
+def _paired_se(cands: Sequence[CandidateResult], balance_total: int | None) -> CandidateResult:
+    """Full balance unless a candidate beats it by more than one paired standard error.
+
+    Every candidate is compared with the full-balance candidate on the same splits
+    (the same folds and the same pool prefix), so split-to-split noise that moves all
+    candidates together cancels; among the candidates whose mean paired difference is
+    below ``-SE``, the lowest mean loss wins. Without folds (one split) it is ``min``.
+    """
+    anchor = _balance_anchor(cands, balance_total)
+    if len(anchor.fold_losses) < 2:
+        return _lowest(cands, [c.val_balanced_loss for c in cands])
+    better = []
+    for c in cands:
+        diffs = paired_differences(c, anchor)
+        if c is anchor or len(diffs) < 2:
+            continue
+        mean = sum(diffs) / len(diffs)
+        se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
+        if mean < -se:
+            better.append(c)
+    if not better:
+        return anchor
+    return _lowest(better, [c.val_balanced_loss for c in better])
 
 
 def _one_se(cands: Sequence[CandidateResult], balance_total: int | None) -> CandidateResult:

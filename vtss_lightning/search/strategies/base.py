@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 
 from vtss_lightning.search.guard import CandidateFailed, score_guarded
-from vtss_lightning.search.objective import balanced_loss
+from vtss_lightning.search.objective import balanced_loss, logit_adjusted_loss
 from vtss_lightning.search.strategies.inner_fit import clone_module, fit_candidate
 from vtss_lightning.search.strategies.settings import TrainerSettings
 
@@ -35,6 +35,13 @@ Scored = tuple[int, float, float]
 def is_full_batch(module: torch.nn.Module) -> bool:
     """Whether the module trains on all rows at once (e.g. L-BFGS logistic regression)."""
     return bool(getattr(module, "full_batch", False))
+
+
+def scored_by_log_loss(model: torch.nn.Module) -> bool:
+    """Whether the model's validation loss is cross-entropy (logit adjustment applies)."""
+    if getattr(model, "per_sample_loss", None) is None:
+        return True
+    return dict(getattr(model, "hparams", {}) or {}).get("loss", "cross_entropy") == "cross_entropy"
 
 
 def full_budget(loader, settings: TrainerSettings) -> int:
@@ -65,6 +72,8 @@ class Scorer(Protocol):
     statuses: dict[int, str]
     #: Set when the strategy trained one candidate at a time instead of its own way.
     fallback_reason: str | None
+    #: Balanced val loss of the no-synthetic candidate after logit adjustment, by split.
+    comparators: dict[str, float]
 
     def begin_split(self, dm) -> None: ...
 
@@ -103,6 +112,7 @@ class BaseScorer:
         self.keep_states = keep_states
         self.statuses: dict[int, str] = {}
         self.fallback_reason: str | None = None
+        self.comparators: dict[str, float] = {}
         self._states: dict[tuple, dict[str, torch.Tensor]] = {}
 
     @property
@@ -118,7 +128,20 @@ class BaseScorer:
         model = self.fit(clone_module(self.template), dm, sizes)
         if self.keep_states:
             self.keep(sizes, cpu_state(model))
+        self.record_comparator(model, dm, sizes)
         return self.evaluate(model, dm)
+
+    def record_comparator(self, model: LightningModule, dm, sizes: Mapping[int, int]) -> None:
+        """For the no-synthetic candidate, the free non-synthetic remedy on the same rows:
+        its logits minus the log training priors (post-hoc logit adjustment)."""
+        if any(sizes.values()) or not scored_by_log_loss(model):
+            return
+        split = dm.active
+        model.to(split.x_val.device)
+        priors = torch.as_tensor(split.class_counts, dtype=torch.float64)
+        self.comparators[split.name] = logit_adjusted_loss(
+            model, split.x_val, split.y_val, dm.num_classes, priors
+        )
 
     def score_many(self, dm, jobs: list[Job]) -> Iterator[Scored]:
         """Each job in turn, timed, retried smaller after running out of memory.

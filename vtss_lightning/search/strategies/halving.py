@@ -93,6 +93,12 @@ class HalvingScorer:
         self.runner, self.fallback, self.eta = runner, fallback, float(eta)
         self.statuses: dict[int, str] = {}
         self.fallback_reason: str | None = None
+        self._active = runner
+
+    @property
+    def comparators(self) -> dict[str, float]:
+        """The no-synthetic comparator of the runner in use (see ``BaseScorer``)."""
+        return self._active.scorer.comparators
 
     @property
     def full_batch(self) -> bool:
@@ -122,6 +128,7 @@ class HalvingScorer:
             if self.fallback is None:
                 raise RuntimeError(f"halving cannot run: {self.fallback_reason}")
             runner, budgets = self.fallback, self.fallback.begin(dm, jobs)
+        self._active = runner
         rungs = rung_steps(budgets, self.eta)
         alive = list(range(len(jobs)))
         for r, target in enumerate(rungs):

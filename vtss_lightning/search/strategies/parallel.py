@@ -19,6 +19,7 @@ that does not fit even alone is scored NaN with the reason in its status.
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -178,6 +179,7 @@ class ParallelScorer(BaseScorer):
         return None
 
     def members(self, dm, jobs) -> list[Member]:
+        self._dm = dm  # the split being trained (for the no-synthetic comparator)
         device = self.settings.device()
         full = is_full_batch(self._base)
         out = []
@@ -318,6 +320,10 @@ class ParallelScorer(BaseScorer):
         """Keep the member's chosen weights for reuse and drop its training state."""
         if keep and self.keep_states:
             self.keep(m.sizes, self._state_dict(m.best))
+        if keep and not any(m.sizes.values()) and m.failed is None and m.best:
+            model = copy.deepcopy(self._base)  # built and metric-free: the stacked keys
+            model.load_state_dict({**model.state_dict(), **m.best})
+            self.record_comparator(model, self._dm, m.sizes)
         m.state = MemberState({}, {})
         m.epoch_x = m.epoch_y = None
 
