@@ -179,10 +179,10 @@ class VTSSCallback(_lightning.dual_base("Callback")):
         if self.result is None:  # a fit resumed from a checkpoint has its result already
             self.result = self._search(trainer, pl_module, dm)
             self._reused = self._reuse_winner(trainer, pl_module)
+            log_search(self.result, trainer.loggers)
         if self.result.pool_index_sizes:  # the search's pool, so the winner's rows are reused
             dm.prepare_pool(self.result.pool_index_sizes)
         dm.set_synthetic_sizes(self.result.selected_index_sizes)
-        log_search(self.result, trainer.loggers)
         if self._reused:  # no step will be taken: no sanity check, no empty bars
             trainer.num_sanity_val_steps = 0
             if trainer.progress_bar_callback is not None:

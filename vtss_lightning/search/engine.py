@@ -14,6 +14,7 @@ from typing import Any
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.config import SearchConfig
 from vtss_lightning.search.display import SearchDisplay
+from vtss_lightning.search.findings import comparators_summary, curve_notes
 from vtss_lightning.search.grid import Candidate, build_candidates, max_sizes
 from vtss_lightning.search.guard import device_peak_mb, pool_megabytes
 from vtss_lightning.search.report import CandidateResult, VTSSResult
@@ -176,8 +177,8 @@ class SearchEngine:
             diagnostics={
                 **self._diagnostics(dm, holdout_gaps, n_splits),
                 **self._spread(results, grid.losses, balance_total),
-                **_curve_notes(results, grid.extensions),
-                **_comparators(grid, n_splits, chosen),
+                **curve_notes(results, grid.extensions),
+                **comparators_summary(grid.comparators, n_splits, chosen),
             },
             timing={
                 "search_seconds": time.perf_counter() - start,
@@ -278,45 +279,6 @@ class SearchEngine:
     @staticmethod
     def _say(line: str) -> None:
         print(line, file=sys.stdout, flush=True)
-
-
-#: Relative spread of the mean losses under which the curve is called flat.
-FLAT_CURVE_SPREAD = 0.01
-
-
-def _curve_notes(results: list[CandidateResult], extensions: list[float]) -> dict[str, Any]:
-    """What the report says about the curve's shape: grid extensions, flatness."""
-    out: dict[str, Any] = {}
-    if extensions:
-        out["grid_extended_to"] = list(extensions)
-    losses = [c.val_balanced_loss for c in results if c.val_balanced_loss is not None]
-    if len(losses) > 1 and max(losses) - min(losses) < FLAT_CURVE_SPREAD * min(losses):
-        out["curve"] = (
-            f"flat: every size is within {FLAT_CURVE_SPREAD:.0%} of the best balanced "
-            "validation loss; the synthetic size barely matters here"
-        )
-    return out
-
-
-def _comparators(grid: Scores, n_splits: int, chosen: CandidateResult) -> dict[str, Any]:
-    """The free non-synthetic remedy on the same validation rows, beside the winner."""
-    if not grid.comparators:
-        return {}
-    values = list(grid.comparators.values())
-    loss = sum(values) / len(values)
-    return {
-        "comparators": {
-            "logit_adjustment": {
-                "what": "the no-synthetic candidate's logits minus the log training priors",
-                "val_balanced_loss": loss,
-                "splits": len(values),
-                "of_splits": n_splits,
-                "beats_selected": chosen.val_balanced_loss is not None
-                and len(values) == n_splits
-                and loss < chosen.val_balanced_loss,
-            }
-        }
-    }
 
 
 def _report_generator_fits(dm, display: SearchDisplay) -> None:

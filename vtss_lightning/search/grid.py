@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vtss_lightning._random import round_half_up
 from vtss_lightning.errors import VTSSError
 
 #: Default grid: none, full balance, departures up to 2x, denser near 1 (K = 9).
@@ -27,7 +28,7 @@ class Candidate:
 
     def sizes(self, gaps: Mapping[int, int]) -> dict[int, int]:
         return {
-            k: int(np.floor(f * gaps.get(k, 0) + 0.5))
+            k: round_half_up(f * gaps.get(k, 0))
             for k, f in self.fractions.items()
             if gaps.get(k, 0) > 0
         }

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch.nn.parameter import is_lazy
 
+from vtss_lightning.search.scores import MemoryStore
+
 PROGRESS_NAME = "vtss_progress.jsonl"
 FORMAT = 2  # 2: the search settings come whole from SearchConfig
 
@@ -70,7 +72,7 @@ def search_fingerprint(config, dm, module, settings, ratios) -> str:
     return fingerprint(parts, [*data, *weights])
 
 
-class ProgressStore:
+class ProgressStore(MemoryStore):
     """A :class:`~vtss_lightning.search.scores.ScoreStore` backed by a JSON-lines file.
 
     Line 1 is ``{"vtss_progress": 1, "fingerprint": ...}``; every further line is one
@@ -93,26 +95,17 @@ class ProgressStore:
         self.path = Path(path)
         self.key = key
         self.write = write
-        self.scores: dict[tuple[int, int], tuple[float, float]] = {}
-        self.comparators: dict[int, float] = {}
+        super().__init__()
         self._records: list[str] = []
         self._load(verbose)
         if write:
             self._rewrite()
 
     # ------------------------------------------------------------- protocol
-    def get(self, split: int, candidate: int) -> tuple[float, float] | None:
-        return self.scores.get((split, candidate))
-
-    def comparator(self, split: int) -> float | None:
-        return self.comparators.get(split)
-
     def put(
         self, split: int, candidate: int, loss: float, seconds: float, comparator=None
     ) -> None:
-        self.scores[(split, candidate)] = (loss, seconds)
-        if comparator is not None:
-            self.comparators[split] = comparator
+        super().put(split, candidate, loss, seconds, comparator)
         if not self.write:
             return
         record = {
