@@ -330,7 +330,7 @@ class OutOfMemoryAbove(Linear):
 def test_out_of_memory_retries_with_half_the_batch_then_succeeds(recwarn):
     OutOfMemoryAbove.seen.clear()
     dm = tuner_dm()
-    result = VTSSTuner(CPU, ratios=[0, 1], verbose=False).search(OutOfMemoryAbove(), dm)
+    result = VTSSTuner(CPU, ratios=[0, 1], folds=None, verbose=False).search(OutOfMemoryAbove(), dm)
     assert [c.status for c in result.candidates] == [
         "ok: batch size reduced from 64 to 16 (out of memory)"
     ] * 2
@@ -350,7 +350,7 @@ def test_out_of_memory_below_the_floor_fails_that_candidate_with_the_numbers():
             self.limit = 0 if big else 10**6
             return super().training_step(batch, batch_idx)
 
-    result = VTSSTuner(CPU, ratios=[0, 0.5, 2], verbose=False).search(
+    result = VTSSTuner(CPU, ratios=[0, 0.5, 2], folds=None, verbose=False).search(
         OnlyBigCandidates(), tuner_dm()
     )
     ok, half, big = result.candidates
@@ -369,7 +369,7 @@ def test_out_of_memory_everywhere_is_a_clear_error():
         limit = 0
 
     with pytest.raises(VTSSError, match="every candidate failed.*out of memory"):
-        VTSSTuner(CPU, ratios=[0, 1], verbose=False).search(Always(), tuner_dm())
+        VTSSTuner(CPU, ratios=[0, 1], folds=None, verbose=False).search(Always(), tuner_dm())
 
 
 def test_other_errors_in_a_candidate_are_not_swallowed():
@@ -412,7 +412,8 @@ def test_a_one_to_a_thousand_imbalance():
     dm = TabularDataModule.from_arrays(x, y, generator=SMOTEGenerator(k_neighbors=5))
     pl.seed_everything(0)
     with pytest.warns(UserWarning, match="k_neighbors is reduced"):
-        result = VTSSTuner(CPU, ratios=[0, 1], verbose=False).search(logistic(), dm)
+        tuner = VTSSTuner(CPU, ratios=[0, 1], folds=None, verbose=False)  # the hold-out
+        result = tuner.search(logistic(), dm)
     counts = result.diagnostics["class_counts_train"]
     assert counts == {"0": 3200, "1": 3}
     assert result.candidates[1].sizes == {"1": 3197}

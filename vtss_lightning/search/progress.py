@@ -25,7 +25,7 @@ from torch.nn.parameter import is_lazy
 from vtss_lightning.search.scores import MemoryStore
 
 PROGRESS_NAME = "vtss_progress.jsonl"
-FORMAT = 2  # 2: the search settings come whole from SearchConfig
+FORMAT = 3  # 2: settings from SearchConfig; 3: pools drawn in seeded chunks (other rows)
 
 
 def fingerprint(parts: dict[str, Any], tensors: Iterable[torch.Tensor] = ()) -> str:
