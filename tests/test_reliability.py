@@ -581,3 +581,42 @@ def test_smote_sampling_in_chunks_gives_the_same_rows(monkeypatch):
     whole = gen.sample(1000, generator_seed=3)
     monkeypatch.setattr(smote, "_SAMPLE_CHUNK", 7)
     assert torch.equal(gen.sample(1000, generator_seed=3), whole)
+
+
+# ------------------------------------------------------------ reliability, round two
+def test_a_duplicated_target_column_is_refused_not_leaked(tmp_path):
+    data = frame()
+    path = tmp_path / "dup.csv"
+    data.assign(extra=data["y"]).rename(columns={"extra": "y"}).to_csv(path, index=False)
+    dm = TabularDataModule(path=str(path), target="y")  # pandas reads the copy as "y.1"
+    with pytest.raises(VTSSError, match="target column 'y' appears more than once"):
+        dm.setup()
+
+
+def test_a_missing_target_lists_the_columns_and_says_when_there_are_more():
+    wide = pd.DataFrame(np.zeros((4, 30)), columns=[f"c{i}" for i in range(30)])
+    with pytest.raises(VTSSError, match=r"columns are: c0, .*c19, … \(30 columns\)"):
+        TabularDataModule.from_frame(wide, target="label").setup()
+
+
+@pytest.mark.parametrize("budget", [{"max_epochs": 0}, {"max_steps": 0}])
+def test_a_zero_budget_is_refused(budget):
+    name = next(iter(budget))
+    with pytest.raises(VTSSError, match=f"{name}=0 trains nothing"):
+        VTSSTuner({"accelerator": "cpu", **budget}, ratios=[0, 1])
+
+
+def test_a_progress_file_with_invalid_utf8_is_read_like_a_torn_one(tmp_path, capsys):
+    path = tmp_path / "progress.jsonl"
+    dm = tuner_dm()
+    tuner = VTSSTuner(CPU, ratios=[0, 1], folds=None)
+    torch.manual_seed(0)
+    first = tuner.search(logistic(), dm, progress_path=path)
+    with path.open("ab") as fh:
+        fh.write(b'{"split": 0, "candidate": 1, "loss": \xff\xfe}\n')  # not UTF-8
+    torch.manual_seed(0)
+    again = tuner.search(logistic(), tuner_dm(), progress_path=path)
+    assert "2 fit(s) already done" in capsys.readouterr().out  # nothing trained again
+    assert [c.val_balanced_loss for c in again.candidates] == [
+        c.val_balanced_loss for c in first.candidates
+    ]

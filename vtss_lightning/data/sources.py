@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -49,8 +50,16 @@ def split_target(
 ) -> tuple[pd.DataFrame, pd.Series]:
     """Separate the target column from the features."""
     if target not in frame.columns:
-        cols = ", ".join(map(str, list(frame.columns)[:10]))
+        names = [str(c) for c in frame.columns]
+        cols = ", ".join(names[:20]) + (f", … ({len(names)} columns)" if len(names) > 20 else "")
         raise VTSSError(f"target column {target!r} not found in the {what}; columns are: {cols}")
+    copies = [str(c) for c in frame.columns if re.fullmatch(rf"{re.escape(target)}\.\d+", str(c))]
+    if copies or list(frame.columns).count(target) > 1:
+        raise VTSSError(
+            f"the target column {target!r} appears more than once in the {what} "
+            f"(also as {', '.join(copies) or target!r}): a copy of the label among the "
+            "features would leak it; drop the duplicate column"
+        )
     features = frame.drop(columns=[target])
     features.columns = [str(c) for c in features.columns]
     if features.shape[1] == 0:

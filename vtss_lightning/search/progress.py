@@ -131,7 +131,8 @@ class ProgressStore(MemoryStore):
     def _load(self, verbose: bool) -> None:
         if not self.path.is_file():
             return
-        lines = self.path.read_text().split("\n")
+        # undecodable bytes (a torn or foreign write) spoil only their own line
+        lines = self.path.read_bytes().decode("utf-8", errors="replace").split("\n")
         try:
             header = json.loads(lines[0])
         except json.JSONDecodeError:

@@ -76,6 +76,7 @@ class TrainerSettings:
         else:
             accel = {"accelerator": "cpu", "devices": 1}
         max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
+        _check_budget(max_epochs, trainer.max_steps)
         return cls(
             {
                 **accel,
@@ -109,6 +110,7 @@ class TrainerSettings:
         if unknown:
             raise VTSSError(f"unsupported trainer argument(s) for the search: {sorted(unknown)}")
         _check_lightning_strategy(kwargs.get("strategy"))
+        _check_budget(kwargs.get("max_epochs"), kwargs.get("max_steps"))
         return cls({k: v for k, v in kwargs.items() if k in INHERITED})
 
     def describe(self) -> dict[str, Any]:
@@ -147,6 +149,16 @@ class TrainerSettings:
             kwargs["max_steps"] = max_steps
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         return _lightning.package_for(module, self.package).Trainer(**kwargs)
+
+
+def _check_budget(max_epochs: int | None, max_steps: int | None) -> None:
+    """A zero budget trains nothing: every candidate would score its initial weights."""
+    for name, value in (("max_epochs", max_epochs), ("max_steps", max_steps)):
+        if value == 0:
+            raise VTSSError(
+                f"{name}=0 trains nothing, so every candidate would score the same untrained "
+                f"model; give {name} >= 1 (or -1 for no limit)"
+            )
 
 
 def _check_lightning_strategy(strategy: Any) -> None:
