@@ -13,6 +13,7 @@ the candidate's training rows.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,6 +42,7 @@ WRITER_CALLBACKS = (
 )
 
 
+@functools.cache
 def _writer_classes() -> tuple[type, ...]:
     out = []
     for package in _lightning.PACKAGES:
