@@ -620,3 +620,10 @@ def test_a_progress_file_with_invalid_utf8_is_read_like_a_torn_one(tmp_path, cap
     assert [c.val_balanced_loss for c in again.candidates] == [
         c.val_balanced_loss for c in first.candidates
     ]
+
+
+def test_sizes_that_cannot_fit_in_memory_are_refused_in_one_line():
+    dm = tuner_dm()
+    dm.setup()
+    with pytest.raises(VTSSError, match=r"synthetic pool would need .* GiB .* more than the"):
+        dm.prepare_pool({1: 10**12})

@@ -15,6 +15,7 @@ candidates, a run forced to one size and a resumed search train on the same rows
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
@@ -113,6 +114,31 @@ class SyntheticPool:
         return SyntheticPool({k: v.to(device) for k, v in self.rows.items()}, empty)
 
 
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Memory a new tensor on ``device`` can still take (``None``: unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # not a POSIX system
+        return None
+
+
+def check_pool_fits(sizes: Mapping[int, int], x_train: torch.Tensor) -> None:
+    """Refuse, in one line, a pool that cannot fit in memory (before any row is drawn)."""
+    rows = sum(max(0, int(m)) for m in sizes.values())
+    width = int(x_train[0].numel()) if len(x_train) else 0
+    need = rows * width * x_train.element_size()
+    free = free_memory_bytes(x_train.device)
+    if free is not None and need > free:
+        gib = 2**30
+        raise VTSSError(
+            f"the synthetic pool would need {need / gib:.1f} GiB ({rows} rows x {width} "
+            f"features) on {x_train.device}, more than the {free / gib:.1f} GiB free; "
+            "ask for smaller sizes (ratios=, sizes=, max_ratio=)"
+        )
+
+
 class PoolBuilder:
     """Fits a split's generators (one copy of the template per class) and draws its pool.
 
@@ -162,6 +188,7 @@ class PoolBuilder:
         """
         if split.pool.covers(sizes) and split.pool.empty is not None:
             return split.pool
+        check_pool_fits(sizes, split.x_train)
         rows = dict(split.pool.rows)
         for k, m in sorted(sizes.items()):
             if m > len(rows.get(k, ())):
