@@ -114,16 +114,6 @@ def package_for(*objs: Any) -> ModuleType:
     return DEFAULT
 
 
-def is_lightning_module(obj: Any) -> bool:
-    """A LightningModule of either package."""
-    return isinstance(obj, bases("LightningModule"))
-
-
-def is_trainer(obj: Any) -> bool:
-    """A Trainer of either package."""
-    return isinstance(obj, bases("Trainer"))
-
-
 def strategy_registry(package: ModuleType | None = None) -> Any:
     """Lightning's registry of strategy names (``"ddp"``, ``"ddp_spawn"``, ...)."""
     package = package or DEFAULT

@@ -13,7 +13,7 @@ from vtss_lightning.search.loggers import log_search
 from vtss_lightning.search.objective import minority_class, test_metrics
 from vtss_lightning.search.progress import PROGRESS_NAME
 from vtss_lightning.search.report import VTSSResult
-from vtss_lightning.search.run import run_search
+from vtss_lightning.search.run import run_search, use_selected_size
 from vtss_lightning.search.sample_grid import write_sample_grid
 from vtss_lightning.search.strategies import TrainerSettings
 from vtss_lightning.search.strategies.inner_fit import candidate_callbacks
@@ -180,9 +180,7 @@ class VTSSCallback(_lightning.dual_base("Callback")):
             self.result = self._search(trainer, pl_module, dm)
             self._reused = self._reuse_winner(trainer, pl_module)
             log_search(self.result, trainer.loggers)
-        if self.result.pool_index_sizes:  # the search's pool, so the winner's rows are reused
-            dm.prepare_pool(self.result.pool_index_sizes)
-        dm.set_synthetic_sizes(self.result.selected_index_sizes)
+        use_selected_size(dm, self.result)
         if self._reused:  # no step will be taken: no sanity check, no empty bars
             trainer.num_sanity_val_steps = 0
             if trainer.progress_bar_callback is not None:

@@ -126,11 +126,8 @@ class SearchEngine:
                 f"VTSS: the largest size won; extending the grid to ratio {ratio:g} (cap {cap:g})"
             )
             for s, split in enumerate(splits):
-                if store.get(s, i) is None:
+                if not grid.take(store, s, i):  # not already in the progress file
                     self._score_split(dm, scorer, store, grid, s, split, [i], display)
-                else:
-                    grid.losses[i][s], secs = store.get(s, i)
-                    grid.seconds[i] += secs
 
     def _score_split(self, dm, scorer, store, grid, s, split, pending, display) -> None:
         """Train and score the pending candidates of split ``s`` (``None``: the hold-out)."""
@@ -151,7 +148,9 @@ class SearchEngine:
                 store.put(s, i, loss, secs, comparator)
                 display.fit_done(loss, "" if split is None else split[0])
                 if split is None:
-                    display.line(self._progress_line(dm, i, len(candidates), candidates[i], gaps, loss, secs))
+                    display.line(
+                        self._progress_line(dm, i, len(candidates), candidates[i], gaps, loss, secs)
+                    )
         if split is not None:
             row = [grid.losses[i][s] for i in range(len(candidates))]
             best = min(range(len(candidates)), key=lambda i: _nan_last(row[i]))
@@ -164,7 +163,11 @@ class SearchEngine:
         if self.verbose and self.folds is not None:
             for i, (cand, res) in enumerate(zip(candidates, results, strict=True)):
                 mean = math.nan if res.val_balanced_loss is None else res.val_balanced_loss
-                self._say(self._progress_line(dm, i, len(candidates), cand, holdout_gaps, mean, res.seconds))
+                self._say(
+                    self._progress_line(
+                        dm, i, len(candidates), cand, holdout_gaps, mean, res.seconds
+                    )
+                )
         balance_total = sum(g for g in holdout_gaps.values() if g > 0)
         chosen = select(results, self.selection, balance_total)
         chosen_cand = candidates[results.index(chosen)]
@@ -244,8 +247,8 @@ class SearchEngine:
         return {
             "class_counts_train": {name: counts[k] for k, name in enumerate(dm.class_names)},
             "gaps": _named(dm, {k: g for k, g in gaps.items() if g > 0}),
-            "validation": "holdout" if self.folds is None else f"{self.repeats}x{self.folds}-fold",
-            "validation_reason": self.plan.reason if self.plan is not None else "as configured",
+            "validation": self.plan.name,
+            "validation_reason": self.plan.reason,
             "n_splits": n_splits,
             "notes": list(dm.notes),
         }

@@ -16,6 +16,14 @@ if TYPE_CHECKING:  # either Lightning package at run time (vtss_lightning._light
     import pytorch_lightning as pl
 
 
+def use_selected_size(dm, result: VTSSResult) -> None:
+    """Set ``dm`` to the winner's sizes on the search's own pool, so the final fit sees
+    exactly the rows the winning candidate had (on every rank, and after a resume)."""
+    if result.pool_index_sizes:
+        dm.prepare_pool(result.pool_index_sizes)
+    dm.set_synthetic_sizes(result.selected_index_sizes)
+
+
 def run_search(
     config: SearchConfig,
     dm,

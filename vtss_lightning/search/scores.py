@@ -37,19 +37,20 @@ class Scores:
         """Take the store's finished fits; the candidates still to fit, per split."""
         todo = []
         for s in range(len(self.losses[0])):
-            pending = []
-            for i in range(len(self.candidates)):
-                done = store.get(s, i)
-                if done is None:
-                    pending.append(i)
-                else:
-                    self.losses[i][s] = done[0]
-                    self.seconds[i] += done[1]
+            pending = [i for i in range(len(self.candidates)) if not self.take(store, s, i)]
             comparator = store.comparator(s)
             if comparator is not None:
                 self.comparators[s] = comparator
             todo.append(pending)
         return todo
+
+    def take(self, store: ScoreStore, s: int, i: int) -> bool:
+        """Copy the store's score of candidate ``i`` on split ``s``; False if it has none."""
+        done = store.get(s, i)
+        if done is not None:
+            self.losses[i][s] = done[0]
+            self.seconds[i] += done[1]
+        return done is not None
 
     def put(self, s: int, i: int, loss: float, seconds: float) -> float:
         loss = loss if math.isfinite(loss) else math.nan

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from vtss_lightning.search.config import SearchConfig
 from vtss_lightning.search.report import VTSSResult
-from vtss_lightning.search.run import run_search
+from vtss_lightning.search.run import run_search, use_selected_size
 from vtss_lightning.search.strategies import TrainerSettings
 
 if TYPE_CHECKING:  # either Lightning package at run time (vtss_lightning._lightning)
@@ -59,7 +59,5 @@ class VTSSTuner:
         path = progress_path or self.config.progress_path
         bar = sys.stderr.isatty() if progress_bar is None else progress_bar
         result = run_search(self.config, datamodule, model, self.settings, path, bar=bar)
-        if result.pool_index_sizes:  # the search's pool: the final fit sees the winner's rows
-            datamodule.prepare_pool(result.pool_index_sizes)
-        datamodule.set_synthetic_sizes(result.selected_index_sizes)
+        use_selected_size(datamodule, result)
         return result

@@ -31,7 +31,6 @@ Job = tuple[int, dict[int, int]]
 Scored = tuple[int, float, float]
 
 
-
 def is_full_batch(module: torch.nn.Module) -> bool:
     """Whether the module trains on all rows at once (e.g. L-BFGS logistic regression)."""
     return bool(getattr(module, "full_batch", False))

@@ -247,24 +247,27 @@ def _class_counts(y: torch.Tensor, folds: int) -> _Counts:
     return _Counts(minority, n0, n1)
 
 
-def _without_generator(test: SymmetryTest, gap: int, tau: float, notes: list[str]) -> TGDiagnostics:
-    """Local symmetry (or no gap): the small grid, no GQS."""
+def _from_test(test: SymmetryTest, gap: int, tau: float, notes: list[str], **regime) -> TGDiagnostics:
+    """The diagnostics of a symmetry test, with the regime-specific fields in ``regime``."""
     return TGDiagnostics(
-        regime=test.regime,
-        generator_quality=None,
         t_sym=test.t_sym,
         cutoff=test.cutoff,
         df=test.df,
         alpha=test.alpha,
-        gqs=None,
-        cosine=None,
-        rho=None,
-        theory_target=None,
         gap=gap,
-        candidate_ratios=list(SYMMETRIC_RATIOS),
         tau=float(tau),
         notes=notes,
+        **regime,
     )
+
+
+def _without_generator(test: SymmetryTest, gap: int, tau: float, notes: list[str]) -> TGDiagnostics:
+    """Local symmetry (or no gap): the small grid, no GQS."""
+    return _from_test(
+        test, gap, tau, notes,
+        regime=test.regime, generator_quality=None, gqs=None, cosine=None, rho=None,
+        theory_target=None, candidate_ratios=list(SYMMETRIC_RATIOS),
+    )  # fmt: skip
 
 
 def _with_generator(
@@ -274,19 +277,9 @@ def _with_generator(
     target = theory_target(gap, quality.rho)
     verdict = quality.verdict(tau)
     share = target / gap if math.isfinite(target) else None
-    return TGDiagnostics(
-        regime=ASYMMETRIC,
-        generator_quality=verdict,
-        t_sym=test.t_sym,
-        cutoff=test.cutoff,
-        df=test.df,
-        alpha=test.alpha,
-        gqs=quality.gqs,
-        cosine=quality.cosine,
-        rho=quality.rho,
-        theory_target=target,
-        gap=gap,
+    return _from_test(
+        test, gap, tau, notes,
+        regime=ASYMMETRIC, generator_quality=verdict, gqs=quality.gqs, cosine=quality.cosine,
+        rho=quality.rho, theory_target=target,
         candidate_ratios=tg_candidate_ratios(ASYMMETRIC, verdict, share),
-        tau=float(tau),
-        notes=notes,
-    )
+    )  # fmt: skip
