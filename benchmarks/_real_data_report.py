@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 from _common import machine, today
 
-REFERENCE = "full"
+#: Paired references: full balance on the hold-out's training rows (the issue's row)
+#: and on all training rows (what plain full balancing without a search would train on).
+REFERENCES = {"full": "full balance", "full_all": "full balance, all rows"}
 VTSS_ROWS = ("none", "full", "defaults", "cv5x5", "paired")
 SKLEARN_ROWS = ("smote_lr", "class_weight", "logit_adjust", "tuned_threshold")
 METRICS = (
@@ -65,20 +67,28 @@ def _wlt(diff_by_table: pd.Series, lower_better: bool) -> str:
 
 
 def summary_table(frame: pd.DataFrame, labels: dict, metric: str, lower: bool) -> list[str]:
+    """Mean per method and paired differences against each reference in ``REFERENCES``."""
     wide = _pivot(frame, metric)
-    lines = [
-        "| method | mean | Δ vs full balance ± SE (pairs) | Δ ± SE (tables) | W/L/T vs full (tables) | pairs |",
-        "|---|---|---|---|---|---|",
-    ]
+    refs = [r for r in REFERENCES if r in wide]
+    head = "| method | mean | " + " | ".join(
+        f"Δ vs {REFERENCES[r]} ± SE (pairs) | Δ ± SE (tables) | W/L/T (tables)" for r in refs
+    )
+    lines = [head + " | pairs |", "|---|---|" + "---|---|---|" * len(refs) + "---|"]
     for key in _present(frame, labels):
         col = wide[key]
-        cells = [f"{col.mean():.4f}", "—", "—", "—", str(int(col.notna().sum()))]
-        if REFERENCE in wide and key != REFERENCE:
-            diff = col - wide[REFERENCE]
+        cells = [f"{col.mean():.4f}"]
+        for ref in refs:
+            if key == ref:
+                cells += ["—", "—", "—"]
+                continue
+            diff = col - wide[ref]
             per_table = diff.groupby(level="table").mean()
-            cells[1] = f"{diff.mean():+.4f} ± {_se(diff):.4f}"
-            cells[2] = f"{per_table.mean():+.4f} ± {_se(per_table):.4f}"
-            cells[3] = _wlt(per_table, lower)
+            cells += [
+                f"{diff.mean():+.4f} ± {_se(diff):.4f}",
+                f"{per_table.mean():+.4f} ± {_se(per_table):.4f}",
+                _wlt(per_table, lower),
+            ]
+        cells.append(str(int(col.notna().sum())))
         lines.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
     return lines
 
@@ -185,7 +195,8 @@ def write_report(path: Path, frame, command: str, wall: float, args, labels, doc
         intro,
         "",
         f"Constant predictor (p = ½): balanced log loss log 2 = {constant:.4f}. Δ: method − "
-        "full balance, paired per (table, split); SE over pairs (which treats the splits of a "
+        "reference (full balance on the hold-out's training rows, and on all training rows), "
+        "paired per (table, split); SE over pairs (which treats the splits of a "
         "table as independent) and over tables (per-table mean differences). W/L/T: tables "
         "where the method's mean over splits is better / worse / equal. Oracles pick the ratio "
         "by test loss; their accuracy and AUPRC are those of that ratio.",

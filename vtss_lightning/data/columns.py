@@ -2,7 +2,10 @@
 
 Decided on the development rows before any split is encoded, so that a typo in a
 numeric column is a clear error instead of a silent one-hot column, and every split
-encodes each categorical column to the same width.
+encodes each categorical column to the same width. A categorical column whose
+values are nearly all distinct (an ID) would add a one-hot column per row, so it is
+dropped (:func:`id_like_columns`); one with many levels keeps its most frequent
+ones in the training rows and pools the rest (``max_categories``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from vtss_lightning.errors import VTSSError
 #: A text column whose values are at least this share numbers is a numeric column
 #: with a few unparseable entries (``"?"``, ``"n/a"``, ``"1,5"``), not a category.
 NUMERIC_SHARE = 0.8
+#: A categorical column with more than ``max_categories`` levels, that many levels
+#: being more than this share of its non-missing rows, is an ID: it is dropped.
+ID_SHARE = 0.5
 
 
 def infer_categorical(frame: pd.DataFrame, categorical: list[str] | None = None) -> list[str]:
@@ -64,26 +70,59 @@ def check_numbers(col: pd.Series, name: str, share: float) -> None:
         )
 
 
-def category_pipeline(categories) -> Pipeline:
-    """Most-frequent imputation then one-hot (unknown categories encode as zeros)."""
+def category_pipeline(categories, max_categories: int | None = None) -> Pipeline:
+    """Most-frequent imputation then one-hot (unknown categories encode as zeros).
+
+    With ``max_categories`` a column keeps its ``max_categories - 1`` most frequent
+    levels of the rows it is fitted on; the others, and unknown ones, share one
+    ``infrequent`` column (scikit-learn's infrequent categories).
+    """
+    onehot = OneHotEncoder(
+        categories=categories,
+        handle_unknown="ignore" if max_categories is None else "infrequent_if_exist",
+        max_categories=max_categories,
+        sparse_output=False,
+    )
     return Pipeline(
         [
             ("impute", SimpleImputer(strategy="most_frequent", keep_empty_features=True)),
-            (
-                "onehot",
-                OneHotEncoder(categories=categories, handle_unknown="ignore", sparse_output=False),
-            ),
+            ("onehot", onehot),
         ]
     )
+
+
+def as_text(col: pd.Series) -> pd.Series:
+    """A categorical column as the encoder sees it: text values, missing kept missing."""
+    return col.map(lambda v: v if pd.isna(v) else str(v)).astype(object)
+
+
+def id_like_columns(
+    frame: pd.DataFrame, categorical: list[str], max_categories: int | None
+) -> dict[str, tuple[int, int]]:
+    """Categorical columns that look like IDs: ``{name: (levels, non-missing rows)}``.
+
+    An ID column (a customer number, a timestamp as text) has more than
+    ``max_categories`` levels, more than :data:`ID_SHARE` of its rows distinct: one-hot
+    encoding it would add about a column per row (memory growing with rows squared)
+    and carry no pattern a model could learn. ``max_categories=None`` keeps every
+    column.
+    """
+    if max_categories is None:
+        return {}
+    out = {}
+    for c in categorical:
+        present = as_text(frame[c]).dropna()
+        levels = int(present.nunique())
+        if levels > max_categories and levels > ID_SHARE * len(present):
+            out[c] = (levels, len(present))
+    return out
 
 
 def category_layout(frame: pd.DataFrame, categorical: list[str]) -> list[list] | None:
     """Category names of each categorical column over ``frame`` (names only, no statistics)."""
     if not categorical:
         return None
-    text = pd.DataFrame(
-        {c: frame[c].map(lambda v: v if pd.isna(v) else str(v)).astype(object) for c in categorical}
-    )
+    text = pd.DataFrame({c: as_text(frame[c]) for c in categorical})
     encoder = category_pipeline("auto").fit(text).named_steps["onehot"]
     return [list(cats) for cats in encoder.categories_]
 

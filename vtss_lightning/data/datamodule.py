@@ -30,6 +30,8 @@ from vtss_lightning.data.split import (
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.generators.base import SyntheticGenerator
 
+#: Name of the split that trains on every development row (``use_all_rows``).
+ALL_ROWS = "all development rows"
 
 class SyntheticAugmentationDataModule(_lightning.dual_base("LightningDataModule")):
     """Real rows plus the first ``m_k`` synthetic rows of each minority class.
@@ -137,6 +139,7 @@ class SyntheticAugmentationDataModule(_lightning.dual_base("LightningDataModule"
         )
         self.holdout = self._prepare_split("holdout", train_idx, val_idx)
         self.active = self.holdout
+        self._x_test_raw = x_test if y_test is not None else None
         if x_test is not None and y_test is not None:
             self.x_test = self.holdout.preprocessor.transform(x_test)
             self.y_test = torch.as_tensor(self._labels.encode(y_test, what="test"))
@@ -206,6 +209,26 @@ class SyntheticAugmentationDataModule(_lightning.dual_base("LightningDataModule"
             yield self.active
         finally:
             self.active = previous
+
+    def use_all_rows(self) -> PreparedSplit:
+        """Train on every development row from now on (the refit after K-fold).
+
+        Preprocessing and generators are fitted again on all development rows, the test
+        features are encoded with that preprocessing, and the validation loader is
+        empty (its rows are training rows now). Idempotent.
+        """
+        split = self._require_setup()
+        if split.name == ALL_ROWS:
+            return split
+        every = np.arange(len(self._y_dev))
+        self.active = self._prepare_split(ALL_ROWS, every, every[:0])
+        if self._x_test_raw is not None:
+            self.x_test = self.active.preprocessor.transform(self._x_test_raw).to(self._device)
+        return self.active
+
+    @property
+    def trains_on_all_rows(self) -> bool:
+        return self.active is not None and self.active.name == ALL_ROWS
 
     def to_device(self, device: torch.device | str) -> None:
         """Keep every tensor, generator and pool on ``device`` from now on."""
@@ -289,10 +312,13 @@ class SyntheticAugmentationDataModule(_lightning.dual_base("LightningDataModule"
         return eval_batches(self.x_test, self.y_test)
 
     def predict_dataloader(self) -> FeatureBatches:
-        """Features of the test rows (the validation rows when there is no test data)."""
+        """Features of the test rows (else the validation rows, or after
+        :meth:`use_all_rows` the development rows)."""
         self._follow_trainer_device()
         split = self._require_setup()
-        return FeatureBatches(split.x_val if self.x_test is None else self.x_test)
+        if self.x_test is not None:
+            return FeatureBatches(self.x_test)
+        return FeatureBatches(split.x_train if self.trains_on_all_rows else split.x_val)
 
     @property
     def has_test(self) -> bool:

@@ -17,8 +17,8 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from vtss_lightning.data.columns import category_pipeline, check_no_inf, check_numbers
-from vtss_lightning.data.features import Features
+from vtss_lightning.data.columns import as_text, category_pipeline, check_no_inf, check_numbers
+from vtss_lightning.data.features import FLOAT32_MAX, Features, check_float32, extreme
 from vtss_lightning.data.schema import FeatureSchema
 from vtss_lightning.errors import VTSSError
 
@@ -75,7 +75,11 @@ class IdentityPreprocessor:
 
     def transform(self, x: Features) -> torch.Tensor:
         if isinstance(x, pd.DataFrame):
-            x = torch.as_tensor(x.to_numpy(dtype=np.float32))
+            values = x.to_numpy(dtype=np.float64)
+            check_float32(values, [str(c) for c in x.columns], "data")
+            x = torch.as_tensor(values.astype(np.float32))
+        elif x.dtype == torch.float64:
+            check_float32(x.reshape(len(x), -1).numpy(), None, "data")
         x = x.reshape(len(x), -1).to(torch.float32)
         if not torch.isfinite(x).all():
             raise VTSSError(
@@ -136,14 +140,34 @@ class TabularPreprocessor:
         same width and one model fits them all. A category missing from the training
         rows is encoded as zeros, exactly as an unseen one, and left out of the
         schema's one-hot groups: no encoded value depends on rows outside training.
+    max_categories
+        Most one-hot columns per categorical column: beyond it the column keeps its
+        ``max_categories - 1`` most frequent levels in the training rows and the
+        others (and unknown ones) share one ``infrequent`` column. ``None``: no cap.
+    drop
+        Raw columns not to encode (e.g. ID-like ones, see
+        :func:`~vtss_lightning.data.columns.id_like_columns`).
+
+    Numeric values must fit float32 once encoded: a finite value that overflows it,
+    or overflows the scaler's statistics, is a ``VTSSError`` naming the column and the
+    rows (``transform(..., what="test data")``), not a silent ``inf``.
     """
 
     def __init__(
-        self, categorical: list[str], scale: bool = True, layout: list[list] | None = None
+        self,
+        categorical: list[str],
+        scale: bool = True,
+        layout: list[list] | None = None,
+        max_categories: int | None = None,
+        drop: list[str] | None = None,
     ) -> None:
-        self.categorical = list(categorical)
+        self.drop = list(drop or [])
+        self.categorical = [c for c in categorical if c not in self.drop]
         self.scale = scale
         self.layout = layout
+        self.max_categories = max_categories
+        #: Categorical columns whose levels were capped: ``{name: number of levels}``.
+        self.capped_columns: dict[str, int] = {}
         self._mask: torch.Tensor | None = None
         self._transformer: ColumnTransformer | None = None
         self.schema: FeatureSchema | None = None
@@ -151,7 +175,7 @@ class TabularPreprocessor:
         self.imputed_columns: list[str] = []
 
     def fit(self, frame: pd.DataFrame) -> TabularPreprocessor:
-        self.columns = list(frame.columns)
+        self.columns = [c for c in frame.columns if c not in self.drop]
         numeric = [c for c in self.columns if c not in self.categorical]
         self._numeric = numeric
         check_no_inf(frame, numeric)
@@ -163,14 +187,16 @@ class TabularPreprocessor:
         self._transformer = ColumnTransformer(
             [
                 ("num", Pipeline(num_steps), numeric),
-                ("cat", category_pipeline(categories), self.categorical),
+                ("cat", category_pipeline(categories, self.max_categories), self.categorical),
             ],
             remainder="drop",
             verbose_feature_names_out=False,
         )
-        self._transformer.fit(self._as_input(frame))
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is named below
+            self._transformer.fit(self._as_input(frame))
+        self._check_scaler(frame)
         self._mask = None
-        seen = self.transform(frame).ne(0).any(dim=0)
+        seen = self.transform(frame, what="training data").ne(0).any(dim=0)
         seen[: len(numeric)] = True
         if not bool(seen.all()):
             self._mask = seen.to(torch.float32)
@@ -182,22 +208,81 @@ class TabularPreprocessor:
         """1 for encoded columns the training rows use, 0 for absent categories (or None)."""
         return self._mask
 
-    def transform(self, frame: pd.DataFrame) -> torch.Tensor:
+    def transform(self, frame: pd.DataFrame, what: str = "data") -> torch.Tensor:
+        """Encode ``frame``; ``what`` names its rows in errors (``"test data"``)."""
         if self._transformer is None:
             raise VTSSError("preprocessor used before fit()")
         check_no_inf(frame, self._numeric)  # validation and test rows too
-        out = self._transformer.transform(self._as_input(frame[self.columns]))
-        out = torch.as_tensor(np.asarray(out, dtype=np.float32))
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is named below
+            out = np.asarray(
+                self._transformer.transform(self._as_input(frame[self.columns])), np.float64
+            )
+        self._check_encoded(out[:, : len(self._numeric)], frame, what)
+        out = torch.as_tensor(out.astype(np.float32))
         return out if self._mask is None else out * self._mask
 
-    def _as_input(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def check_range(self, frame: pd.DataFrame, what: str) -> None:
+        """Raise, as :meth:`transform` would, when a numeric value of ``frame`` would
+        overflow float32 once encoded (cheaper: the numeric columns only)."""
+        if self._transformer is None or not self._numeric:
+            return
+        check_no_inf(frame, self._numeric)
+        numeric = self._as_input(frame[self._numeric], categorical=False)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = self._transformer.named_transformers_["num"].transform(numeric)
+        self._check_encoded(np.asarray(out, np.float64), frame, what)
+
+    def _check_scaler(self, frame: pd.DataFrame) -> None:
+        """Raise when a column's training values overflow the scaler's mean or variance."""
+        if not self.scale or not self._numeric:
+            return
+        assert self._transformer is not None
+        scaler = self._transformer.named_transformers_["num"].named_steps["scale"]
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(scaler.mean_) & np.isfinite(scaler.scale_)
+        if ok.all():
+            return
+        name = self._numeric[int(np.flatnonzero(~ok)[0])]
+        peak = extreme(pd.to_numeric(frame[name], errors="coerce").to_numpy(np.float64))
+        raise VTSSError(
+            f"column {name!r} in the training data has a value of {peak:.3g}, too large to "
+            "standardise (its mean or variance overflows); rescale it (e.g. other units or "
+            "a log)"
+        )
+
+    def _check_encoded(self, encoded: np.ndarray, frame: pd.DataFrame, what: str) -> None:
+        """Raise on encoded numeric values beyond float32, naming the raw column.
+
+        Inputs are finite (``check_no_inf``) and missing values imputed, so a
+        non-finite encoded value can only be an overflow too.
+        """
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(encoded) | (np.abs(encoded) > FLOAT32_MAX)
+        if not bad.any():
+            return
+        j = int(np.flatnonzero(bad.any(axis=0))[0])
+        name = self._numeric[j]
+        raw = pd.to_numeric(frame[name], errors="coerce").to_numpy(np.float64)
+        check_float32(raw[:, None], [name], what)  # the value itself is beyond float32
+        rows = bad[:, j]
+        peak = extreme(raw[rows])
+        peak = extreme(encoded[rows, j]) if np.isnan(peak) else peak  # an imputed value
+        scaler = self._transformer.named_transformers_["num"].named_steps.get("scale")
+        scale = "" if scaler is None else f" ({scaler.scale_[j]:.3g})"
+        raise VTSSError(
+            f"column {name!r} in the {what} has a value of {peak:.3g}, beyond float32 "
+            f"(±3.4e38) once standardised with the training rows' scale{scale}; rescale it "
+            "(e.g. other units or a log)"
+        )
+
+    def _as_input(self, frame: pd.DataFrame, categorical: bool = True) -> pd.DataFrame:
         frame = frame.copy()
         for col in self._numeric:
             if not pd.api.types.is_numeric_dtype(frame[col]):  # numbers read as text
                 check_numbers(frame[col], col, share=0.0)
                 frame[col] = pd.to_numeric(frame[col], errors="coerce")
-        for col in self.categorical:
-            frame[col] = frame[col].map(lambda v: v if pd.isna(v) else str(v)).astype(object)
+        for col in self.categorical if categorical else ():
+            frame[col] = as_text(frame[col])
         return frame
 
     def _build_schema(self, numeric: list[str], seen: list[bool]) -> FeatureSchema:
@@ -208,11 +293,19 @@ class TabularPreprocessor:
         start = n_num
         if self.categorical:
             encoder = self._transformer.named_transformers_["cat"].named_steps["onehot"]
-            for cats in encoder.categories_:
-                group = tuple(j for j in range(start, start + len(cats)) if seen[j])
+            infrequent = getattr(encoder, "infrequent_categories_", None)
+            infrequent = infrequent or [None] * len(encoder.categories_)
+            self.capped_columns = {}
+            for col, cats, rare in zip(
+                self.categorical, encoder.categories_, infrequent, strict=True
+            ):
+                width = len(cats) if rare is None else len(cats) - len(rare) + 1
+                if rare is not None:
+                    self.capped_columns[col] = len(cats)
+                group = tuple(j for j in range(start, start + width) if seen[j])
                 if group:
                     groups.append(group)
-                start += len(cats)
+                start += width
         return FeatureSchema(
             n_features=len(names),
             numeric=tuple(range(n_num)),

@@ -77,16 +77,21 @@ def prepare_split(
     num_classes: int,
     device: torch.device,
 ) -> PreparedSplit:
-    """Fit the preprocessing on the training rows only and encode both sides on ``device``."""
+    """Fit the preprocessing on the training rows only and encode both sides on ``device``.
+
+    ``val_idx`` may be empty (the refit on every development row has no validation).
+    """
     x_train_raw = take_rows(x, train_idx)
     preprocessor = make_preprocessor(x_train_raw)
+    x_train = preprocessor.transform(x_train_raw).to(device)
+    x_val = preprocessor.transform(take_rows(x, val_idx)).to(device) if len(val_idx) else x_train[:0]
     return PreparedSplit(
         name=name,
         train_index=train_idx,
         val_index=val_idx,
-        x_train=preprocessor.transform(x_train_raw).to(device),
+        x_train=x_train,
         y_train=torch.as_tensor(y[train_idx]).to(device),
-        x_val=preprocessor.transform(take_rows(x, val_idx)).to(device),
+        x_val=x_val,
         y_val=torch.as_tensor(y[val_idx]).to(device),
         preprocessor=preprocessor,
         num_classes=num_classes,

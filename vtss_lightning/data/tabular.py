@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from vtss_lightning.data.columns import category_layout, infer_categorical
+from vtss_lightning.data.columns import category_layout, id_like_columns, infer_categorical
 from vtss_lightning.data.datamodule import SyntheticAugmentationDataModule
 from vtss_lightning.data.preprocessing import TabularPreprocessor
 from vtss_lightning.data.sources import check_table_path, read_table, split_target
@@ -22,7 +22,9 @@ class TabularDataModule(SyntheticAugmentationDataModule):
     Missing values are imputed and numeric columns scaled with statistics of the
     training rows only; non-numeric (or listed ``categorical``) columns are one-hot
     encoded. Tensor generators work in that encoded space; SDV generators see the raw
-    columns of their class and their samples are encoded the same way.
+    columns of their class and their samples are encoded the same way. A numeric
+    value that would overflow float32 once encoded is a ``VTSSError`` naming the
+    column and the file (training or test data).
 
     Parameters
     ----------
@@ -40,6 +42,14 @@ class TabularDataModule(SyntheticAugmentationDataModule):
         Columns to treat as categorical; default: every non-numeric column.
     scale
         Standardise numeric columns on the training rows.
+    max_categories
+        Most one-hot columns a categorical column may take (default 50). A column
+        with more levels keeps its ``max_categories - 1`` most frequent levels in the
+        training rows, the rest sharing one ``infrequent`` column; a column with more
+        levels than that, more than half of its rows distinct (an ID: a customer
+        number, a timestamp as text), is dropped. Both are reported in the DataModule's
+        ``notes`` (and the report's ``diagnostics.notes``). ``None``: one column per
+        level, every column kept.
     generator, val_fraction, batch_size, synthetic_ratio, seed
         See :class:`SyntheticAugmentationDataModule`.
     """
@@ -52,6 +62,7 @@ class TabularDataModule(SyntheticAugmentationDataModule):
         dataset: str | None = None,
         categorical: list[str] | None = None,
         scale: bool = True,
+        max_categories: int | None = 50,
         generator: SyntheticGenerator | None = None,
         val_fraction: float = 0.2,
         batch_size: int = 256,
@@ -83,9 +94,20 @@ class TabularDataModule(SyntheticAugmentationDataModule):
                     f"unknown dataset {dataset!r}; built-in datasets are {', '.join(BUILTIN_DATASETS)}"
                 )
         self.path, self.target, self.test_path, self.dataset = path, target, test_path, dataset
+        if max_categories is not None and (
+            isinstance(max_categories, bool)
+            or not isinstance(max_categories, int)
+            or max_categories < 2
+        ):
+            raise VTSSError(
+                f"max_categories must be an integer >= 2 or None, got {max_categories!r}"
+            )
         self.categorical = categorical
         self.scale = scale
+        self.max_categories = max_categories
         self._frames: tuple[pd.DataFrame, pd.DataFrame | None] | None = None
+        self._id_columns: dict[str, tuple[int, int]] | None = None
+        self._test_features: pd.DataFrame | None = None
 
     @classmethod
     def from_frame(
@@ -130,7 +152,8 @@ class TabularDataModule(SyntheticAugmentationDataModule):
         missing = [c for c in x.columns if c not in x_test.columns]
         if missing:
             raise VTSSError(f"the test data lacks feature column(s) {missing[:5]}")
-        return x, y.to_numpy(), x_test[list(x.columns)], y_test.to_numpy()
+        self._test_features = x_test[list(x.columns)].reset_index(drop=True)
+        return x, y.to_numpy(), self._test_features, y_test.to_numpy()
 
     def _load_frames(self) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         if self._frames is None:
@@ -146,15 +169,49 @@ class TabularDataModule(SyntheticAugmentationDataModule):
         return self._frames
 
     def make_preprocessor(self, x_train: pd.DataFrame) -> TabularPreprocessor:
+        """Preprocessing fitted on ``x_train``; every split encodes to the same width.
+
+        Which columns are IDs and the category names are decided once on all
+        development rows (structure only: a dropped column encodes to nothing and a
+        category's name to a column); every statistic (medians, scales, which levels
+        are frequent) comes from ``x_train``. The development and test rows are then
+        checked to fit float32 once encoded, so an overflow names its file.
+        """
         categorical = infer_categorical(x_train, self.categorical)
+        if self._id_columns is None:  # the same columns in every split
+            self._id_columns = id_like_columns(self._x_dev, categorical, self.max_categories)
+        categorical = [c for c in categorical if c not in self._id_columns]
         layout = category_layout(self._x_dev, categorical)  # same width in every split
-        return TabularPreprocessor(categorical, scale=self.scale, layout=layout).fit(x_train)
+        pre = TabularPreprocessor(
+            categorical,
+            scale=self.scale,
+            layout=layout,
+            max_categories=self.max_categories,
+            drop=list(self._id_columns),
+        ).fit(x_train)
+        pre.check_range(self._x_dev, "training data")  # the validation rows too
+        if self._test_features is not None:
+            pre.check_range(self._test_features, "test data")
+        return pre
 
     def setup(self, stage: str | None = None) -> None:
         if self._is_setup:
             return
         super().setup(stage)
-        imputed = self.holdout.preprocessor.imputed_columns
+        pre = self.holdout.preprocessor
+        for name, (levels, rows) in (self._id_columns or {}).items():
+            self.notes.append(
+                f"column {name!r} dropped: {levels:,} distinct values in {rows:,} rows look "
+                "like an ID (one-hot encoding would add a column per value); "
+                "pass max_categories=None to keep it"
+            )
+        for name, levels in pre.capped_columns.items():
+            self.notes.append(
+                f"column {name!r} has {levels:,} levels: its {self.max_categories - 1} most "
+                "frequent in the training rows are kept and the rest share one 'infrequent' "
+                "column (raise max_categories= to keep more)"
+            )
+        imputed = pre.imputed_columns
         if imputed:
             self.notes.append(
                 f"missing values imputed from training rows in column(s): {', '.join(map(str, imputed))}"

@@ -63,6 +63,8 @@ class BalancedClassifier(_lightning.dual_base("LightningModule")):
         self.register_buffer("class_weights", weights)
         self.val_balanced_loss = BalancedMeanLoss(num_classes)
         self.val_balanced_accuracy = MulticlassAccuracy(num_classes, average="macro")
+        self.test_balanced_loss = BalancedMeanLoss(num_classes)
+        self.test_balanced_accuracy = MulticlassAccuracy(num_classes, average="macro")
 
     def per_sample_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -89,9 +91,18 @@ class BalancedClassifier(_lightning.dual_base("LightningModule")):
         return loss
 
     def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        """``trainer.test``: the same balanced loss and accuracy on the test rows."""
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch, stage: str) -> None:
         x, y = batch
         scores = self(x)
-        self.val_balanced_loss.update(self.per_sample_loss(scores, y), y)
-        self.val_balanced_accuracy.update(scores.argmax(1), y)
-        self.log("val_balanced_loss", self.val_balanced_loss, prog_bar=True)
-        self.log("val_balanced_accuracy", self.val_balanced_accuracy)
+        loss = getattr(self, f"{stage}_balanced_loss")
+        accuracy = getattr(self, f"{stage}_balanced_accuracy")
+        loss.update(self.per_sample_loss(scores, y), y)
+        accuracy.update(scores.argmax(1), y)
+        self.log(f"{stage}_balanced_loss", loss, prog_bar=stage == "val")
+        self.log(f"{stage}_balanced_accuracy", accuracy)

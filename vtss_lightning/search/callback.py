@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from vtss_lightning import _lightning
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.config import SearchConfig
+from vtss_lightning.search.final_rows import validation_monitors
 from vtss_lightning.search.loggers import log_search
 from vtss_lightning.search.objective import minority_class, test_metrics
-from vtss_lightning.search.progress import PROGRESS_NAME
+from vtss_lightning.search.progress import PROGRESS_NAME, remove_progress
 from vtss_lightning.search.report import VTSSResult
 from vtss_lightning.search.run import run_search, use_selected_size
 from vtss_lightning.search.sample_grid import write_sample_grid
@@ -84,6 +85,15 @@ class VTSSCallback(_lightning.dual_base("Callback")):
         strategy but ``finetune``/``ray``, without ``folds``), its weights become the
         final model and the outer fit takes no step (cheapest; the trainer's own
         checkpoints and validation metrics then hold nothing of the final model).
+    final_rows
+        Rows of the final fit. ``"auto"`` (default): after K-fold selection all
+        development rows (train + validation, preprocessing and generators fitted
+        again on them, the selected ratio of their gaps), as the paper refits, with
+        the trainer's validation loop off (those rows are training rows now); the
+        hold-out's training rows when a callback or LR scheduler of the trainer
+        monitors a metric (it needs validation rows) or after hold-out selection.
+        ``"all"`` / ``"train"`` force either. The report's
+        ``diagnostics.final_rows`` says which and why.
     extend_grid, max_ratio
         With the default grid, when the largest candidate wins, add one at twice its
         ratio and search on, up to ``max_ratio`` times each class's gap (a grid that
@@ -134,6 +144,7 @@ class VTSSCallback(_lightning.dual_base("Callback")):
         candidate_callbacks: list[str] | None = None,
         extend_grid: bool = True,
         max_ratio: float = 4.0,
+        final_rows: Literal["auto", "all", "train"] = "auto",
     ) -> None:
         self.config = SearchConfig(
             ratios=ratios,
@@ -154,6 +165,7 @@ class VTSSCallback(_lightning.dual_base("Callback")):
             candidate_callbacks=candidate_callbacks,
             extend_grid=extend_grid,
             max_ratio=max_ratio,
+            final_rows=final_rows,
         )
         self.result: VTSSResult | None = None
         self._fit_started: float | None = None
@@ -181,6 +193,9 @@ class VTSSCallback(_lightning.dual_base("Callback")):
             self._reused = self._reuse_winner(trainer, pl_module)
             log_search(self.result, trainer.loggers)
         use_selected_size(dm, self.result)
+        if dm.trains_on_all_rows:  # the validation rows are training rows now
+            trainer.limit_val_batches = 0
+            trainer.num_sanity_val_steps = 0
         if self._reused:  # no step will be taken: no sanity check, no empty bars
             trainer.num_sanity_val_steps = 0
             if trainer.progress_bar_callback is not None:
@@ -196,7 +211,10 @@ class VTSSCallback(_lightning.dual_base("Callback")):
         if trainer.is_global_zero:
             bar = trainer.progress_bar_callback is not None  # the trainer's enable_progress_bar
             path = self._progress_file(trainer)
-            result = run_search(self.config, dm, pl_module, settings, path, bar=bar)
+            monitors = validation_monitors(trainer)
+            result = run_search(
+                self.config, dm, pl_module, settings, path, bar=bar, monitors=monitors
+            )
         if trainer.world_size > 1:
             result = trainer.strategy.broadcast(result, src=0)
         return result
@@ -244,11 +262,14 @@ class VTSSCallback(_lightning.dual_base("Callback")):
         report, _ = self.result.write(folder)
         progress = self._progress_file(trainer)
         if progress is not None:
-            progress.unlink(missing_ok=True)  # the report (and any checkpoint) now hold it
+            remove_progress(progress)  # this search's own file: the report now holds it
         if self.config.verbose:
             print(f"VTSS report written to {report}", flush=True)
 
     def _progress_file(self, trainer: pl.Trainer) -> Path | None:
+        """The progress path as given to the search (``{search}`` in the default name
+        becomes the search's tag; :func:`~vtss_lightning.search.progress.progress_file_for`
+        names the file actually used)."""
         cfg = self.config
         if not cfg.progress:
             return None

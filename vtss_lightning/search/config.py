@@ -20,9 +20,11 @@ STRATEGY_NAMES = ("retrain", "finetune", "parallel", "halving", "parallel_halvin
 SELECTION_RULES = ("min", "one_se", "smooth", "paired_se")
 GRIDS = ("default", "tg")
 SNAPSHOTS = ("best", "last")
+#: Which rows the final model trains on (see :mod:`vtss_lightning.search.final_rows`).
+FINAL_ROWS = ("auto", "all", "train")
 
 #: Settings that do not change any candidate's score (left out of the fingerprint).
-NOT_SCORING = ("verbose", "progress", "progress_path", "refit")
+NOT_SCORING = ("verbose", "progress", "progress_path", "refit", "final_rows")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class SearchConfig:
     candidate_callbacks: tuple[str, ...] | None = None
     extend_grid: bool = True
     max_ratio: float = 4.0
+    final_rows: str = "auto"
 
     def __post_init__(self) -> None:
         if self.ratios is not None:
@@ -99,6 +102,12 @@ def _check_names(cfg: SearchConfig) -> None:
         raise VTSSError(f"grid must be 'default' or 'tg', got {cfg.grid!r}")
     if cfg.snapshot not in SNAPSHOTS:
         raise VTSSError(f"snapshot must be 'best' or 'last', got {cfg.snapshot!r}")
+    _one_of("final_rows", cfg.final_rows, FINAL_ROWS)
+    if cfg.final_rows == "all" and not cfg.refit:
+        raise VTSSError(
+            "refit=False keeps the winner trained on the hold-out's training rows, "
+            "final_rows='all' trains the final model on every development row: choose one"
+        )
 
 
 def _check_grid(cfg: SearchConfig) -> None:

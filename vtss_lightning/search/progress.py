@@ -3,14 +3,34 @@
 The search runs in ``on_fit_start``, before Lightning writes any checkpoint, so a
 process killed mid-search would lose every finished fit. :class:`ProgressStore`
 appends one JSON line per finished (split, candidate) fit, flushed and fsynced, and a
-rerun of the same command skips those fits. The file starts with a fingerprint of
-everything that determines the scores; a file from another configuration is set
-aside (with a one-line note), never reused.
+rerun of the same command skips those fits.
+
+A progress file belongs to exactly one search, named by its fingerprint
+(:func:`search_fingerprint`: everything that determines the scores):
+
+* **Its name.** The default file, ``<default_root_dir>/vtss_progress-{search}.jsonl``
+  (:data:`PROGRESS_NAME`), has ``{search}`` replaced by the first 16 hex digits of
+  the fingerprint, so different searches in one folder keep different files and a
+  rerun of the same search finds its own. A ``progress_path`` may use ``{search}``
+  too. A ``progress_path`` without it is used as given when it is free or already
+  holds this search; a file there that holds anything else (another search's
+  progress) is never overwritten nor read: this search then keeps its progress
+  next to it, in ``<stem>-<16 hex><suffix>`` (with a one-line note).
+* **Its lines.** Line 1 carries the whole fingerprint and every further line the
+  16-digit tag, and only lines with this search's tag are read. Two processes that
+  ever append to one file (two searches started at the same instant on one free
+  ``progress_path``) can then lose each other's progress, never take each other's
+  losses.
+
+A search that keeps records of its own (successive halving's rung results and the
+status of each pruned candidate) writes them into the same file, so that a rerun
+replays the same schedule (:meth:`ProgressStore.put_note`, :meth:`ProgressStore.record`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -24,8 +44,16 @@ from torch.nn.parameter import is_lazy
 
 from vtss_lightning.search.scores import MemoryStore
 
-PROGRESS_NAME = "vtss_progress.jsonl"
-FORMAT = 3  # 2: settings from SearchConfig; 3: pools drawn in seeded chunks (other rows)
+#: Name of the default progress file; ``{search}`` becomes the search's tag.
+PROGRESS_NAME = "vtss_progress-{search}.jsonl"
+SEARCH_FIELD = "{search}"
+TAG_DIGITS = 16
+# 2: settings from SearchConfig; 3: pools drawn in seeded chunks (other rows);
+# 4: every line tagged with its search, callback settings, notes and strategy records
+FORMAT = 4
+
+#: The file each writing store of this process opened, by the path it was given.
+_OPENED: dict[Path, Path] = {}
 
 
 def fingerprint(parts: dict[str, Any], tensors: Iterable[torch.Tensor] = ()) -> str:
@@ -46,7 +74,9 @@ def search_fingerprint(config, dm, module, settings, ratios) -> str:
     every setting of its :class:`~vtss_lightning.search.config.SearchConfig` that can
     change a score; the model through its class, hyperparameters and initial weights
     (a lazily built model has none yet and is then identified by its hyperparameters,
-    which decide the weights under the search seed).
+    which decide the weights under the search seed); the trainer through its budget
+    and the settings of the callbacks every candidate gets (e.g. EarlyStopping's
+    ``patience``, which its name does not show).
     """
     split = dm.holdout
     parts = {
@@ -66,48 +96,117 @@ def search_fingerprint(config, dm, module, settings, ratios) -> str:
             "hparams": dict(getattr(module, "hparams", {}) or {}),
         },
         "trainer": settings.describe(),
+        "callbacks": [_init_settings(c) for c in getattr(settings, "callbacks", None) or ()],
     }
     weights = [v for _, v in sorted(module.state_dict().items()) if not is_lazy(v)]
     data = [split.x_train, split.y_train, split.x_val, split.y_val]
     return fingerprint(parts, [*data, *weights])
 
 
+def _init_settings(obj) -> dict[str, Any]:
+    """An object's class and the plain values it keeps under its ``__init__`` names."""
+    plain = (bool, int, float, str, type(None))
+    out: dict[str, Any] = {"class": f"{type(obj).__module__}.{type(obj).__qualname__}"}
+    try:
+        names = list(inspect.signature(type(obj).__init__).parameters)[1:]
+    except (TypeError, ValueError):
+        return out
+    for name in names:
+        value = getattr(obj, name, None)
+        if isinstance(value, plain) or (
+            isinstance(value, list | tuple) and all(isinstance(v, plain) for v in value)
+        ):
+            out[name] = value
+    return out
+
+
+def progress_file_for(path: str | Path, key: str) -> Path:
+    """The file the search with fingerprint ``key`` keeps its progress in, for ``path``.
+
+    ``{search}`` in the name becomes the search's tag; otherwise ``path`` itself, unless
+    it holds anything but this search's progress (then ``<stem>-<tag><suffix>``, which a
+    rerun also finds first).
+    """
+    path, tag = Path(path), key[:TAG_DIGITS]
+    if SEARCH_FIELD in path.name:
+        return path.with_name(path.name.replace(SEARCH_FIELD, tag))
+    own = path.with_name(f"{path.stem}-{tag}{path.suffix}")
+    if own.is_file() or _owner(path) not in (None, key):
+        return own
+    return path
+
+
+def remove_progress(path: str | Path) -> None:
+    """Delete the file the last writing :class:`ProgressStore` of this process kept for
+    ``path`` (the path as given): a search's own file, never another search's."""
+    used = _OPENED.pop(Path(path), None)
+    if used is not None:
+        used.unlink(missing_ok=True)
+
+
+def _owner(path: Path) -> str | None:
+    """The fingerprint in ``path``'s header; ``None`` when there is no file (or an
+    empty one), ``""`` when it is not a progress file."""
+    if not path.is_file():
+        return None
+    with path.open("rb") as fh:
+        first = fh.readline().decode("utf-8", errors="replace").strip()
+    if not first:
+        return None
+    try:
+        header = json.loads(first)
+    except json.JSONDecodeError:
+        return ""
+    return str(header.get("fingerprint", "")) if isinstance(header, dict) else ""
+
+
 class ProgressStore(MemoryStore):
     """A :class:`~vtss_lightning.search.scores.ScoreStore` backed by a JSON-lines file.
 
-    Line 1 is ``{"vtss_progress": 1, "fingerprint": ...}``; every further line is one
+    Line 1 is ``{"vtss_progress": FORMAT, "fingerprint": ...}``; every further line
+    carries ``"search"`` (the fingerprint's first 16 hex digits) and is one of: a
     finished fit ``{"split", "candidate", "loss", "seconds"}`` (``loss`` is ``null``
-    for a failed fit). A torn last line, from a kill during a write, is dropped.
+    for a failed or pruned fit), a candidate's status ``{"split", "candidate",
+    "note"}``, or a strategy's record ``{"entry": {...}}``. A torn last line, from a
+    kill during a write, and lines of another search are dropped.
 
     Parameters
     ----------
     path
-        The progress file; created (with its folder) when missing.
+        The progress path as given (see the module docstring for the file it names,
+        :attr:`path`); created with its folder when missing.
     key
         The search's fingerprint (:func:`search_fingerprint`).
     write
         ``False`` reads without writing (e.g. on non-zero ranks).
     verbose
-        Print one line when resuming or when a stale file is set aside.
+        Print one line when resuming or when another search's file is left alone.
     """
 
     def __init__(self, path: str | Path, key: str, write: bool = True, verbose: bool = True):
-        self.path = Path(path)
+        self.requested = Path(path)
         self.key = key
+        self.tag = key[:TAG_DIGITS]
+        self.path = progress_file_for(self.requested, key)  # the file actually used
         self.write = write
         super().__init__()
         self._records: list[str] = []
+        if verbose and self.path != self.requested and SEARCH_FIELD not in self.requested.name:
+            _say(
+                f"VTSS: {self.requested} holds something else (the progress of a different "
+                f"search configuration or data); leaving it as it is and keeping this "
+                f"search's progress in {self.path}"
+            )
         self._load(verbose)
         if write:
             self._rewrite()
+            _OPENED[self.requested] = self.path
 
     # ------------------------------------------------------------- protocol
     def put(
         self, split: int, candidate: int, loss: float, seconds: float, comparator=None
     ) -> None:
         super().put(split, candidate, loss, seconds, comparator)
-        if not self.write:
-            return
         record = {
             "split": split,
             "candidate": candidate,
@@ -116,11 +215,15 @@ class ProgressStore(MemoryStore):
         }
         if comparator is not None and math.isfinite(comparator):
             record["comparator"] = comparator
-        line = json.dumps(record) + "\n"
-        with self.path.open("a") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+        self._append(record)
+
+    def put_note(self, split: int, candidate: int, note: str) -> None:
+        super().put_note(split, candidate, note)
+        self._append({"split": split, "candidate": candidate, "note": note})
+
+    def record(self, entry: dict[str, Any]) -> None:
+        super().record(entry)
+        self._append({"entry": entry})
 
     def remove(self) -> None:
         """Delete the file once the search's result is safe elsewhere."""
@@ -128,41 +231,62 @@ class ProgressStore(MemoryStore):
             self.path.unlink(missing_ok=True)
 
     # --------------------------------------------------------------- private
+    def _append(self, record: dict[str, Any]) -> None:
+        if not self.write:
+            return
+        line = json.dumps({"search": self.tag, **record}) + "\n"
+        with self.path.open("a") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
     def _load(self, verbose: bool) -> None:
         if not self.path.is_file():
             return
         # undecodable bytes (a torn or foreign write) spoil only their own line
         lines = self.path.read_bytes().decode("utf-8", errors="replace").split("\n")
+        if not lines[0].strip():
+            return  # an empty file: nothing to resume
         try:
             header = json.loads(lines[0])
         except json.JSONDecodeError:
             header = {}
-        if header.get("fingerprint") != self.key:
-            if verbose:
-                _say(
-                    f"VTSS: ignoring {self.path}: it was written by a different search "
-                    "configuration or data; starting afresh"
-                )
+        if not isinstance(header, dict) or header.get("fingerprint") != self.key:
+            if verbose:  # only a 16-digit tag clash or a damaged header lead here
+                _say(f"VTSS: ignoring {self.path}: its header is not this search's")
             return
         for text in lines[1:]:
-            try:
-                rec = json.loads(text)
-                key = (int(rec["split"]), int(rec["candidate"]))
-                loss = math.nan if rec["loss"] is None else float(rec["loss"])
-                value = (loss, float(rec["seconds"]))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue  # an empty or torn line (killed mid-write)
-            self.scores[key] = value
-            if rec.get("comparator") is not None:
-                self.comparators[key[0]] = float(rec["comparator"])
-            self._records.append(text)
+            if self._take_line(text):
+                self._records.append(text)
         if verbose and self.scores:
             _say(f"VTSS: resuming from {self.path}: {len(self.scores)} fit(s) already done")
+
+    def _take_line(self, text: str) -> bool:
+        """Keep one line's record if it is this search's and whole; whether it was."""
+        try:
+            rec = json.loads(text)
+            if rec["search"] != self.tag:
+                return False  # another search's append (never read)
+            if "entry" in rec:
+                MemoryStore.record(self, dict(rec["entry"]))
+                return True
+            key = (int(rec["split"]), int(rec["candidate"]))
+            if "note" in rec:
+                MemoryStore.put_note(self, *key, str(rec["note"]))
+                return True
+            loss = math.nan if rec["loss"] is None else float(rec["loss"])
+            value = (loss, float(rec["seconds"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            return False  # an empty or torn line (killed mid-write)
+        self.scores[key] = value
+        if rec.get("comparator") is not None:
+            self.comparators[key[0]] = float(rec["comparator"])
+        return True
 
     def _rewrite(self) -> None:
         """Start the file from its valid lines, atomically, so appends stay parseable."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         header = json.dumps({"vtss_progress": FORMAT, "fingerprint": self.key})
         with tmp.open("w") as fh:
             fh.write("\n".join([header, *self._records]) + "\n")

@@ -47,6 +47,11 @@ class VTSSResult:
     #: Rows per class index the hold-out's pool is drawn with (the grid's largest
     #: candidate): the final fit draws the same pool, so its rows are the candidate's.
     pool_index_sizes: dict[int, int] = field(default_factory=dict)
+    #: ``"all"``: the final model trains on every development row (after K-fold), at
+    #: ``final_index_sizes`` (the selected ratio of those rows' gaps); ``"train"``: on
+    #: the hold-out's training rows at ``selected_index_sizes``.
+    final_rows: str = "train"
+    final_index_sizes: dict[int, int] = field(default_factory=dict)
     #: Weights of the winner when the search trained it with the final settings (not
     #: serialised; the callback loads them instead of refitting).
     final_state: dict[str, Any] | None = field(default=None, repr=False, compare=False)
@@ -65,6 +70,8 @@ class VTSSResult:
             "config": self.config,
             "selected_index_sizes": {str(k): v for k, v in self.selected_index_sizes.items()},
             "pool_index_sizes": {str(k): v for k, v in self.pool_index_sizes.items()},
+            "final_rows": self.final_rows,
+            "final_index_sizes": {str(k): v for k, v in self.final_index_sizes.items()},
         }
         if self.test_metrics is not None:
             out["test_metrics"] = self.test_metrics
@@ -76,14 +83,14 @@ class VTSSResult:
             candidates=[CandidateResult(**c) for c in data["candidates"]],
             selected_ratio=data["selected_ratio"],
             selected_sizes=dict(data["selected_sizes"]),
-            selected_index_sizes={int(k): int(v) for k, v in data["selected_index_sizes"].items()},
+            selected_index_sizes=_by_index(data["selected_index_sizes"]),
             test_metrics=data.get("test_metrics"),
             diagnostics=data.get("diagnostics", {}),
             timing=data.get("timing", {}),
             config=data.get("config", {}),
-            pool_index_sizes={
-                int(k): int(v) for k, v in data.get("pool_index_sizes", {}).items()
-            },
+            pool_index_sizes=_by_index(data.get("pool_index_sizes", {})),
+            final_rows=data.get("final_rows", "train"),
+            final_index_sizes=_by_index(data.get("final_index_sizes", {})),
         )
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -142,6 +149,16 @@ class VTSSResult:
         plt.close(self.plot(curve))
         return report, curve
 
+    def final_rows_line(self) -> str | None:
+        """What the final fit trains on, when it is not the hold-out's training rows."""
+        final = self.diagnostics.get("final_rows")
+        if not final or final.get("rows") != "all":
+            return None
+        return (
+            f"VTSS final model: all {final['n_rows']} development rows at sizes "
+            f"{_fmt_sizes(final['sizes'])} ({final['reason']})"
+        )
+
     def summary(self) -> str:
         sel = self.selected
         ratio = "" if self.selected_ratio is None else f"ratio {self.selected_ratio:g}, "
@@ -156,6 +173,8 @@ class VTSSResult:
             lines.append(f"VTSS: the largest size kept winning; the grid was extended to {grown}")
         if self.diagnostics.get("curve"):
             lines.append(f"VTSS: the curve is {self.diagnostics['curve']}")
+        if self.final_rows_line():
+            lines.append(self.final_rows_line())
         adjusted = self.diagnostics.get("comparators", {}).get("logit_adjustment")
         if adjusted:
             verdict = "beats" if adjusted["beats_selected"] else "does not beat"
@@ -165,6 +184,10 @@ class VTSSResult:
                 f"({verdict} the selected size)"
             )
         return "\n".join(lines)
+
+
+def _by_index(sizes: dict[str, int]) -> dict[int, int]:
+    return {int(k): int(v) for k, v in sizes.items()}
 
 
 def _fmt_sizes(sizes: dict[str, int]) -> str:

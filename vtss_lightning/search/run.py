@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vtss_lightning.search.config import SearchConfig
 from vtss_lightning.search.engine import SearchEngine
+from vtss_lightning.search.final_rows import ALL, describe_final_rows, plan_final_rows
 from vtss_lightning.search.progress import ProgressStore, search_fingerprint
 from vtss_lightning.search.report import VTSSResult
 from vtss_lightning.search.strategies import TrainerSettings, make_scorer
@@ -17,11 +19,21 @@ if TYPE_CHECKING:  # either Lightning package at run time (vtss_lightning._light
 
 
 def use_selected_size(dm, result: VTSSResult) -> None:
-    """Set ``dm`` to the winner's sizes on the search's own pool, so the final fit sees
-    exactly the rows the winning candidate had (on every rank, and after a resume)."""
-    if result.pool_index_sizes:
-        dm.prepare_pool(result.pool_index_sizes)
-    dm.set_synthetic_sizes(result.selected_index_sizes)
+    """Set ``dm`` to the rows the final model trains on (on every rank, after a resume).
+
+    ``final_rows="train"``: the winner's sizes on the search's own pool, so the final
+    fit sees exactly the rows the winning candidate had. ``"all"``: every development
+    row, with preprocessing and generators fitted on them and the selected ratio of
+    their gaps (``result.final_index_sizes``, :mod:`~vtss_lightning.search.final_rows`).
+    """
+    if result.final_rows != ALL:
+        if result.pool_index_sizes:
+            dm.prepare_pool(result.pool_index_sizes)
+        dm.set_synthetic_sizes(result.selected_index_sizes)
+        return
+    dm.use_all_rows()
+    dm.prepare_pool(result.final_index_sizes)
+    dm.set_synthetic_sizes(result.final_index_sizes)
 
 
 def run_search(
@@ -32,12 +44,15 @@ def run_search(
     progress_path: str | Path | None = None,
     write_progress: bool = True,
     bar: bool = False,
+    monitors: Sequence[str] = (),
 ) -> VTSSResult:
     """Choose the grid, train and score every candidate, select, describe the run.
 
     With ``progress_path``, finished fits are kept in that file and a rerun with the
     same configuration and data skips them (:class:`ProgressStore`); ``write_progress``
     is ``False`` where another process owns the file; ``bar`` draws a live bar.
+    ``monitors`` names what in the user's trainer watches a metric (it keeps the
+    final fit on the hold-out under ``final_rows="auto"``, see :mod:`.final_rows`).
     """
     config, plan = resolve_validation(config, dm)  # folds="auto" -> the scheme the data need
     ratios, tg = config.ratios, None
@@ -52,6 +67,8 @@ def run_search(
     if progress_path is not None:
         key = search_fingerprint(config, dm, module, settings, ratios)
         store = ProgressStore(progress_path, key, write=write_progress, verbose=config.verbose)
+        if hasattr(scorer, "journal"):  # halving records its schedule there, to replay it
+            scorer.journal = store
     result = engine.run(dm, scorer, store, bar=bar)
     if config.reuses_winner:
         result.final_state = scorer.trained_state(result.selected_index_sizes)
@@ -63,10 +80,15 @@ def run_search(
         result.diagnostics.setdefault("notes", []).append(note)
     if tg is not None:
         result.diagnostics["tg"] = tg.to_dict()
+    final = plan_final_rows(config, plan, monitors, result.diagnostics.get("n_splits", 1))
+    describe_final_rows(result, dm, final)
+    if config.verbose and result.final_rows_line():
+        print(result.final_rows_line(), flush=True)
     result.config = {
         **config.scoring_settings(),
         "ratios": None if ratios is None else list(ratios),
         "refit": config.refit,
+        "final_rows": final.rows,
         "generator": repr(dm.generator),
         "model": type(module).__name__,
         "trainer": {k: str(v) for k, v in settings.describe().items()},

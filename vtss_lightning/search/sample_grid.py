@@ -15,14 +15,14 @@ SAMPLES_NAME = "vtss_samples.png"
 
 
 def image_rows(dm, per_class: int = 8) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """``(class name, real images, synthetic images)`` per minority class of the hold-out.
+    """``(class name, real images, synthetic images)`` per minority class of the final split.
 
     Real images are the first training images of the class; synthetic images the
-    first rows of the hold-out pool (what the final model trains on). A class
+    first rows of its pool (what the final model trains on). A class
     whose pool was never drawn (e.g. size 0 selected under K-fold) has none.
     """
     shape = getattr(dm.schema, "image_shape", None)
-    split = dm.holdout
+    split = dm.active  # the hold-out, or all development rows after a K-fold refit
     out = []
     for k, gap in sorted(split.gaps.items()):
         if gap <= 0:

@@ -45,11 +45,15 @@ class Scores:
         return todo
 
     def take(self, store: ScoreStore, s: int, i: int) -> bool:
-        """Copy the store's score of candidate ``i`` on split ``s``; False if it has none."""
+        """Copy the store's score of candidate ``i`` on split ``s`` and the status kept
+        with it (e.g. where halving pruned it); False if it has none."""
         done = store.get(s, i)
         if done is not None:
             self.losses[i][s] = done[0]
             self.seconds[i] += done[1]
+            note = store.note(s, i) if hasattr(store, "note") else None
+            if note is not None:
+                self.notes[i] = note
         return done is not None
 
     def put(self, s: int, i: int, loss: float, seconds: float) -> float:
@@ -60,7 +64,13 @@ class Scores:
 
 
 class ScoreStore(Protocol):
-    """Where finished (split, candidate) scores live; a persistent one enables resume."""
+    """Where finished (split, candidate) scores live; a persistent one enables resume.
+
+    A store may also keep what a strategy needs besides the scores for a resumed
+    search to report and schedule as the uninterrupted one (:class:`MemoryStore`'s
+    ``note``/``put_note``, ``record``/``entries``): :meth:`Scores.take` restores a
+    ``note`` when the store has one.
+    """
 
     def get(self, split: int, candidate: int) -> tuple[float, float] | None: ...
 
@@ -74,11 +84,30 @@ class ScoreStore(Protocol):
 
 
 class MemoryStore:
-    """Scores kept for the duration of one search."""
+    """Scores kept for the duration of one search.
+
+    Besides the scores: ``notes``, the status of a (split, candidate) (why its loss is
+    NaN, e.g. pruned by successive halving, or how it was trained), and ``entries``,
+    a strategy's own records in order (halving's schedule and rung losses); the
+    engine never reads these, :meth:`Scores.take` restores the notes.
+    """
 
     def __init__(self) -> None:
         self.scores: dict[tuple[int, int], tuple[float, float]] = {}
         self.comparators: dict[int, float] = {}
+        self.notes: dict[tuple[int, int], str] = {}
+        self.entries: list[dict] = []
+
+    def note(self, split: int, candidate: int) -> str | None:
+        return self.notes.get((split, candidate))
+
+    def put_note(self, split: int, candidate: int, note: str) -> None:
+        """Keep a candidate's status (before its score: a score never lacks it)."""
+        self.notes[(split, candidate)] = note
+
+    def record(self, entry: dict) -> None:
+        """Keep one record of a strategy's own (JSON-able)."""
+        self.entries.append(entry)
 
     def comparator(self, split: int) -> float | None:
         return self.comparators.get(split)

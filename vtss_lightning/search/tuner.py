@@ -21,13 +21,18 @@ class VTSSTuner:
     ``VTSSTuner({"max_epochs": 30}).search(model, dm)`` trains every candidate with
     those trainer settings, leaves ``dm`` set to the chosen sizes and ``model`` at its
     initial weights, and returns the :class:`VTSSResult`. A following
-    ``trainer.fit(model, datamodule=dm)`` trains the final model.
+    ``trainer.fit(model, datamodule=dm)`` trains the final model. After K-fold
+    selection ``dm`` then trains on all development rows and serves no validation
+    rows (``final_rows="auto"``); pass ``final_rows="train"`` when that fit's callbacks
+    monitor validation metrics.
 
     Parameters
     ----------
     trainer_kwargs
         Settings of each candidate's Trainer: ``accelerator``, ``devices``,
-        ``precision``, ``max_epochs``/``max_steps``, gradient clipping, accumulation.
+        ``precision``, the budget (``max_epochs``, ``max_steps``, ``min_epochs``,
+        ``min_steps``, and ``max_time``, which bounds *each* candidate fit like the
+        final fit), gradient clipping, accumulation.
     **search_kwargs
         Any :class:`VTSSCallback` argument (``ratios``, ``strategy``, ``folds``, ...):
         the fields of :class:`~vtss_lightning.search.config.SearchConfig`.

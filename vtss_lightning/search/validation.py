@@ -40,6 +40,12 @@ class ValidationPlan:
         return "holdout" if self.folds is None else f"{self.repeats}x{self.folds}-fold"
 
 
+def development_counts(dm) -> list[int]:
+    """Rows per class index over all development rows (hold-out train + validation)."""
+    val = torch.bincount(dm.holdout.y_val.cpu(), minlength=dm.num_classes).tolist()
+    return [t + v for t, v in zip(dm.holdout.class_counts, val, strict=True)]
+
+
 def plan_validation(config: SearchConfig, dm) -> ValidationPlan:
     """The configured scheme, or for ``folds="auto"`` the one the data call for."""
     if config.folds != "auto":
@@ -48,7 +54,7 @@ def plan_validation(config: SearchConfig, dm) -> ValidationPlan:
     if "halving" in config.strategy:
         return ValidationPlan(None, 1, "halving strategies train on the hold-out")
     val_counts = torch.bincount(dm.holdout.y_val.cpu(), minlength=dm.num_classes).tolist()
-    dev_counts = [t + v for t, v in zip(dm.holdout.class_counts, val_counts, strict=True)]
+    dev_counts = development_counts(dm)
     smallest = min(val_counts)
     if smallest >= AUTO_MIN_VAL_ROWS and config.selection not in RULES_NEEDING_FOLDS:
         return ValidationPlan(

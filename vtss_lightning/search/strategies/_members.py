@@ -78,8 +78,19 @@ class Member:
 
 
 def settings_blocker(settings) -> str | None:
-    """Trainer settings the stacked loop does not replay, as the reason (else ``None``)."""
+    """Trainer settings the stacked loop does not replay, as the reason (else ``None``).
+
+    The stacked loop counts optimizer steps (``max_epochs`` passes, capped by
+    ``max_steps``); ``min_epochs``/``min_steps`` only delay an early stop, which the
+    stacked loop never makes, so they change nothing there. ``max_time`` is a
+    wall-clock budget per candidate fit that a stack of members cannot split fairly.
+    """
     kw = settings.kwargs
+    if kw.get("max_time") is not None:
+        return (
+            f"max_time ({kw['max_time']}) is a wall-clock budget per candidate fit, which "
+            "the stacked loop (counting steps) cannot honour; only retrain does"
+        )
     if settings.callbacks:
         names = ", ".join(type(c).__name__ for c in settings.callbacks)
         return f"the trainer's callbacks ({names}) shape training; only retrain replays them"

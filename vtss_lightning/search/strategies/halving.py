@@ -15,6 +15,16 @@ a *rung runner* (:class:`RungRunner`). ``"halving"`` gets retrain's runner (each
 fresh Lightning fits from the initial weights: about ``s + 1`` full fits for
 ``K = eta**s``); ``"parallel_halving"`` gets the stacked runner (each rung one stacked
 model, survivors continuing where they stopped), with retrain's runner as fallback.
+
+Resume: with a :attr:`HalvingScorer.journal` (the search's progress file), the
+schedule (every candidate of the split and its budget) is recorded before the first
+rung, each rung's losses before anyone is pruned there, and each pruned candidate's
+status before its (NaN) score. A rerun, given only the candidates still to finish,
+replays that schedule: recorded rungs decide as they did (the pruned candidates are
+not trained again and keep their "pruned at rung r" status), the survivors still
+to finish are trained through the same rungs (stacked members thus continue from
+the same steps), and the first unrecorded rung trains on. So a killed halving search
+ends with the report of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -26,6 +36,9 @@ from typing import Protocol
 import torch
 
 from vtss_lightning.search.strategies.base import Job, Scored
+
+#: Halving trains on the hold-out only: its records are those of split 0.
+SPLIT = 0
 
 
 class RungRunner(Protocol):
@@ -94,6 +107,10 @@ class HalvingScorer:
         self.statuses: dict[int, str] = {}
         self.fallback_reason: str | None = None
         self._active = runner
+        #: Where the schedule, rung losses and statuses are kept (a store with
+        #: ``entries``/``record``/``put_note``, e.g. the progress file; see the module
+        #: docstring) and replayed from; ``None``: not kept.
+        self.journal = None
 
     @property
     def comparators(self) -> dict[str, float]:
@@ -119,9 +136,14 @@ class HalvingScorer:
         return None
 
     def score(self, dm, sizes: Mapping[int, int]) -> float:
-        return next(iter(self.score_many(dm, [(0, dict(sizes))])))[1]
+        return next(iter(self._halve(dm, [(0, dict(sizes))], None)))[1]
 
     def score_many(self, dm, jobs: list[Job]) -> Iterator[Scored]:
+        """Halve over ``jobs``; on a resume (some of the schedule's candidates already
+        scored, see the module docstring) over the recorded schedule."""
+        return self._halve(dm, jobs, self.journal)
+
+    def _halve(self, dm, jobs: list[Job], journal) -> Iterator[Scored]:
         runner, budgets = self.runner, self.runner.begin(dm, jobs)
         if budgets is None:
             self.fallback_reason = self.runner.fallback_reason
@@ -129,20 +151,92 @@ class HalvingScorer:
                 raise RuntimeError(f"halving cannot run: {self.fallback_reason}")
             runner, budgets = self.fallback, self.fallback.begin(dm, jobs)
         self._active = runner
-        rungs = rung_steps(budgets, self.eta)
-        alive = list(range(len(jobs)))
-        for r, target in enumerate(rungs):
-            losses = runner.advance(dm, alive, target)
-            keep = survivors(alive, losses, self.eta)
-            for j in alive:
-                if j not in keep:
-                    seconds = runner.prune(j)
-                    i = jobs[j][0]
-                    status = pruned_status(r + 1, len(rungs) + 1, target, budgets[j], losses[j])
-                    self.statuses[i] = runner.statuses.get(i, status)
-                    yield i, math.nan, seconds
+        plan = _Plan.find(journal, jobs, budgets, self.eta)
+        alive = list(range(len(plan.indices)))  # positions in the plan
+        for r, target in enumerate(plan.rungs):
+            losses = plan.rung(r, alive)
+            if losses is None:  # not recorded: train the rung
+                trained = runner.advance(dm, plan.jobs_of(alive), target)
+                losses = {p: trained.get(plan.job(p), math.nan) for p in alive}
+                plan.record_rung(r, alive, losses)
+                keep = survivors(alive, losses, self.eta)
+            else:  # the survivors still to finish reach the steps they had there
+                keep = survivors(alive, losses, self.eta)
+                if plan.jobs_of(keep):
+                    runner.advance(dm, plan.jobs_of(keep), target)
+            for p in alive:
+                i = plan.indices[p]
+                if p in keep or plan.job(p) is None:  # kept, or already scored
+                    continue
+                seconds = runner.prune(plan.job(p))
+                status = pruned_status(
+                    r + 1, len(plan.rungs) + 1, target, plan.budgets[p], losses[p]
+                )
+                self._status(journal, i, runner.statuses.get(i, status))
+                yield i, math.nan, seconds
             alive = keep
-        for item in runner.complete(dm, alive):
+        for item in runner.complete(dm, plan.jobs_of(alive)):
             if item[0] in runner.statuses:
-                self.statuses[item[0]] = runner.statuses[item[0]]
+                self._status(journal, item[0], runner.statuses[item[0]])
             yield item
+
+    def _status(self, journal, i: int, status: str) -> None:
+        """Set candidate ``i``'s status, kept before its score so a rerun reports it."""
+        self.statuses[i] = status
+        if journal is not None:
+            journal.put_note(SPLIT, i, status)
+
+
+class _Plan:
+    """One split's schedule: all its candidates, their budgets, the recorded rungs.
+
+    ``indices``/``budgets`` are the whole schedule's; ``job(p)`` is the position in
+    this call's jobs of plan position ``p`` (``None``: already scored).
+    """
+
+    def __init__(self, journal, indices, budgets, jobs: list[Job], eta: float) -> None:
+        self.journal, self.indices, self.budgets = journal, list(indices), list(budgets)
+        self.rungs = rung_steps(self.budgets, eta)
+        self._pos = {i: j for j, (i, _) in enumerate(jobs)}
+        self._rungs: dict[int, dict] = {}
+        for e in _entries(journal):
+            if e.get("halving") == "rung" and e.get("plan") == self.indices:
+                self._rungs[int(e["rung"])] = e
+
+    @classmethod
+    def find(cls, journal, jobs: list[Job], budgets: list[int], eta: float) -> _Plan:
+        """The recorded schedule these jobs belong to (a resume), else a new one."""
+        wanted = {i for i, _ in jobs}
+        for e in reversed(_entries(journal)):
+            if e.get("halving") == "plan" and wanted <= set(e["plan"]):
+                return cls(journal, e["plan"], e["budgets"], jobs, eta)
+        plan = cls(journal, [i for i, _ in jobs], budgets, jobs, eta)
+        if journal is not None and plan.rungs:
+            journal.record({"halving": "plan", "plan": plan.indices, "budgets": plan.budgets})
+        return plan
+
+    def job(self, p: int) -> int | None:
+        return self._pos.get(self.indices[p])
+
+    def jobs_of(self, positions: list[int]) -> list[int]:
+        """Job positions of the plan positions still to finish."""
+        return [self.job(p) for p in positions if self.job(p) is not None]
+
+    def rung(self, r: int, alive: list[int]) -> dict[int, float] | None:
+        """Rung ``r``'s recorded losses by plan position, if recorded for ``alive``."""
+        e = self._rungs.get(r)
+        if e is None or e.get("alive") != alive or len(e.get("losses", ())) != len(alive):
+            return None
+        values = zip(alive, e["losses"], strict=True)
+        return {p: math.nan if v is None else float(v) for p, v in values}
+
+    def record_rung(self, r: int, alive: list[int], losses: dict[int, float]) -> None:
+        if self.journal is None or not self.rungs:
+            return
+        values = [losses[p] if math.isfinite(losses[p]) else None for p in alive]
+        entry = {"halving": "rung", "plan": self.indices, "rung": r, "alive": alive}
+        self.journal.record({**entry, "losses": values})
+
+
+def _entries(journal) -> list[dict]:
+    return [] if journal is None else list(getattr(journal, "entries", []))

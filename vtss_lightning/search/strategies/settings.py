@@ -3,6 +3,18 @@
 A candidate trains on the outer trainer's device, precision and budget, and with
 the callbacks that shape training (:mod:`.inner_fit`), but never touches the outer
 run's loggers, checkpoints or progress bars.
+
+Every budget of the outer trainer reaches each candidate's Trainer unchanged:
+``max_epochs``, ``max_steps``, ``min_epochs``, ``min_steps`` and ``max_time``.
+``max_time`` is a budget *per fit*, not for the whole search: the user set it for
+the final fit, and every candidate is trained the way the final model will be, so
+each candidate gets the same wall-clock budget (the search as a whole may take
+about ``max_time`` times the number of fits). The validation schedule
+(``val_check_interval``, ``check_val_every_n_epoch``) reaches candidates whose
+callbacks need validation (EarlyStopping, ...); without such callbacks a candidate
+does not validate, and the schedule cannot change its training. The stacked
+strategies count optimizer steps and so cannot honour ``max_time``: they fall back
+to ``retrain`` with that reason (:func:`._members.settings_blocker`).
 """
 
 from __future__ import annotations
@@ -11,6 +23,7 @@ import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from types import ModuleType
 from typing import Any
 
@@ -28,7 +41,9 @@ INHERITED = (
     "precision",
     "max_epochs",
     "max_steps",
+    "max_time",  # per candidate fit, like the final fit (see the module docstring)
     "min_epochs",
+    "min_steps",
     "gradient_clip_val",
     "gradient_clip_algorithm",
     "accumulate_grad_batches",
@@ -36,6 +51,8 @@ INHERITED = (
     "deterministic",
     "benchmark",
 )
+#: The outer run's validation schedule: reaches candidates whose callbacks validate.
+VALIDATION = ("check_val_every_n_epoch", "val_check_interval")
 #: What a candidate never inherits: it must not touch the outer run's logs or state.
 ISOLATED = dict(
     logger=False,
@@ -83,6 +100,7 @@ class TrainerSettings:
                 "precision": trainer.precision,
                 "max_epochs": max_epochs,
                 "max_steps": trainer.max_steps,
+                **_optional_limits(trainer),
                 "gradient_clip_val": trainer.gradient_clip_val,
                 "gradient_clip_algorithm": trainer.gradient_clip_algorithm,
                 "accumulate_grad_batches": trainer.accumulate_grad_batches,
@@ -104,6 +122,7 @@ class TrainerSettings:
         unknown = (
             set(kwargs)
             - set(INHERITED)
+            - set(VALIDATION)
             - set(ISOLATED)
             - {"default_root_dir", "logger", "callbacks"}
         )
@@ -111,7 +130,12 @@ class TrainerSettings:
             raise VTSSError(f"unsupported trainer argument(s) for the search: {sorted(unknown)}")
         _check_lightning_strategy(kwargs.get("strategy"))
         _check_budget(kwargs.get("max_epochs"), kwargs.get("max_steps"))
-        return cls({k: v for k, v in kwargs.items() if k in INHERITED})
+        if kwargs.get("max_time") is not None:
+            kwargs["max_time"] = parse_max_time(kwargs["max_time"])
+        return cls(
+            {k: v for k, v in kwargs.items() if k in INHERITED},
+            validation={k: kwargs[k] for k in VALIDATION if k in kwargs},
+        )
 
     def describe(self) -> dict[str, Any]:
         """What of these settings decides a candidate's score (fingerprint, report)."""
@@ -131,12 +155,14 @@ class TrainerSettings:
         return torch.device("cpu")
 
     def budget(self, fraction: float = 1.0) -> dict[str, Any]:
-        """Epoch/step limits scaled by ``fraction`` (at least one of each unit)."""
-        out = {}
+        """Epoch/step/time limits scaled by ``fraction`` (at least one of each unit)."""
+        out: dict[str, Any] = {}
         for key in ("max_epochs", "max_steps"):
             value = self.kwargs.get(key)
             if value is not None and value > 0:
                 out[key] = max(1, math.ceil(value * fraction))
+        if self.kwargs.get("max_time") is not None:
+            out["max_time"] = self.kwargs["max_time"] * fraction
         return out
 
     def build(self, fraction: float = 1.0, max_steps: int | None = None, module=None):
@@ -149,6 +175,53 @@ class TrainerSettings:
             kwargs["max_steps"] = max_steps
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         return _lightning.package_for(module, self.package).Trainer(**kwargs)
+
+
+def _optional_limits(trainer) -> dict[str, Any]:
+    """The outer trainer's ``max_time`` and ``min_*`` limits, where set (else nothing).
+
+    Lightning keeps ``max_time`` only as the :class:`Timer` callback it adds; a Timer
+    the user added with a ``duration`` is the same budget.
+    """
+    out: dict[str, Any] = {}
+    timers = [
+        c
+        for c in trainer.callbacks
+        if type(c).__name__ == "Timer" and getattr(c, "_duration", None) is not None
+    ]
+    if timers:
+        out["max_time"] = timedelta(seconds=min(float(t._duration) for t in timers))
+    if trainer.min_steps is not None:
+        out["min_steps"] = trainer.min_steps
+    if trainer.min_epochs:  # Lightning's default is 0 (1 once min_steps is set)
+        out["min_epochs"] = trainer.min_epochs
+    return out
+
+
+def parse_max_time(value: Any) -> timedelta:
+    """``max_time`` as Lightning accepts it (``"DD:HH:MM:SS"``, a ``timedelta`` or a
+    dict of ``timedelta`` fields), as a positive ``timedelta``; else a ``VTSSError``."""
+    try:
+        if isinstance(value, timedelta):
+            out = value
+        elif isinstance(value, str):
+            days, hours, minutes, seconds = (float(p) for p in value.strip().split(":"))
+            out = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        elif isinstance(value, Mapping):
+            out = timedelta(**value)
+        else:
+            raise TypeError
+    except (TypeError, ValueError):
+        raise VTSSError(
+            f"max_time={value!r} is not a duration; give 'DD:HH:MM:SS' (e.g. '00:00:10:00'), "
+            "a datetime.timedelta or a dict such as {'minutes': 10}"
+        ) from None
+    if out.total_seconds() <= 0:
+        raise VTSSError(
+            f"max_time={value!r} trains nothing, so every candidate would score the same "
+            "untrained model; give a positive duration"
+        )
+    return out
 
 
 def _check_budget(max_epochs: int | None, max_steps: int | None) -> None:
