@@ -176,6 +176,22 @@ def checks(frame: pd.DataFrame) -> list[str]:
     return out
 
 
+def reused_rows(frame) -> list[str]:
+    """A line naming the rows taken from an earlier run (``--reuse``), if any."""
+    if "source" not in frame:
+        return []
+    old = frame[frame["source"] != "this run"]
+    if old.empty:
+        return []
+    parts = [
+        f"{method} ({len(group)} rows)" for method, group in old.groupby("method", sort=False)
+    ]
+    return [
+        f"- Rows reused from `{old['source'].iloc[0]}` (an earlier run with the code of its "
+        f"own date, not rerun here): {', '.join(parts)}"
+    ]
+
+
 def write_report(path: Path, frame, command: str, wall: float, args, labels, doc: str) -> None:
     constant = math.log(2)
     intro = doc.split("Usage::")[0].strip().split("\n\n", 1)[1]
@@ -189,6 +205,7 @@ def write_report(path: Path, frame, command: str, wall: float, args, labels, doc
         f"- Date: {today()}; wall {wall:.0f} s ({args.jobs} worker process(es))",
         f"- Tables: {len(tables)}; splits per table: {args.splits} (seeds {args.seed}–"
         f"{args.seed + args.splits - 1}); raw results: `{path.with_suffix('.csv').name}`",
+        *reused_rows(frame),
         "- Package defaults at run time:",
         *("  " + ln for ln in package_defaults()),
         "",

@@ -450,9 +450,28 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1, help="worker processes (one table each)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--out", type=Path, default=RESULTS / "real_data.md")
+    p.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        help="CSV of an earlier run: its (table, split, method) rows that this run does not "
+        "produce are kept (named in the report), so one method can be rerun alone",
+    )
     args = p.parse_args(argv)
     args.tables = args.tables or default_tables(args.table_list)
     return args
+
+
+def with_reused_rows(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """``frame`` plus the rows of ``path`` for (table, split, method) keys it lacks;
+    the ``source`` column says which run each row comes from."""
+    old = pd.read_csv(path)
+    key = ["table", "split", "method"]
+    fresh = set(map(tuple, frame[key].itertuples(index=False)))
+    keep = ~pd.Series([tuple(k) in fresh for k in old[key].itertuples(index=False)])
+    frame = frame.assign(source="this run")
+    old = old[keep.to_numpy()].assign(source=path.name)
+    return pd.concat([frame, old], ignore_index=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -467,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_all(args, units)
     wall = time.perf_counter() - start
     frame = pd.DataFrame(rows)
+    if args.reuse is not None:
+        frame = with_reused_rows(frame, args.reuse)
     frame["order"] = frame["method"].map(list(LABELS).index)
     frame = frame.sort_values(["table", "split", "order"]).drop(columns="order")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ budget); the stacked strategies cannot honour it and fall back to ``retrain``.
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 
@@ -13,6 +14,7 @@ import pytest
 import torch.nn.functional as F
 from helpers import LinearModule, quiet_trainer, tabular_dm
 from pytorch_lightning.callbacks import EarlyStopping, Timer
+from test_cli import REPO, Run, find_one, write_table  # tests/ is on sys.path
 
 from vtss_lightning import VTSSCallback, VTSSError, VTSSTuner
 from vtss_lightning.search.strategies import TrainerSettings
@@ -144,3 +146,39 @@ def test_the_tuner_honours_max_time_too():
     t0 = time.monotonic()
     tuner.search(Watched(3, 2), dm, progress_bar=False)
     assert time.monotonic() - t0 < 40
+
+
+# ------------------------------------------------------------------- the real command
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("budgets")
+    write_table(base / "train.csv", 90, 30, seed=0)
+    started = {}
+    try:
+        for strategy in ("retrain", "parallel"):
+            args = ["fit", "--config", str(REPO / "configs" / "csv.yaml")]
+            args += ["--data.init_args.path", str(base / "train.csv")]
+            args += ["--data.init_args.target", "label", "--vtss.ratios", "[0, 1]"]
+            args += ["--vtss.folds", "null"]  # hold-out: one fit per candidate
+            args += ["--vtss.strategy", strategy, "--trainer.max_epochs", "-1"]
+            args += ["--trainer.max_time", "00:00:00:02"]
+            args += ["--trainer.default_root_dir", str(base / strategy)]
+            started[strategy] = (Run(args, base, base / strategy), time.monotonic())
+        yield started
+    finally:
+        for run, _ in started.values():
+            run.kill()
+
+
+@pytest.mark.parametrize("strategy", ["retrain", "parallel"])
+def test_cli_max_time_with_no_epoch_limit_finishes_the_search(cli_runs, strategy):
+    run, t0 = cli_runs[strategy]
+    run.ok()
+    assert time.monotonic() - t0 < 150  # import, three fits of ~2 s each, the report
+    report = json.loads(find_one(run.root, "vtss_report.json").read_text())
+    assert report["config"]["trainer"]["max_time"] == "0:00:02"
+    assert all(c["seconds"] < 20 for c in report["candidates"])  # one ~2 s fit each
+    fell_back = any("max_time" in n for n in report["diagnostics"]["notes"])
+    assert fell_back == (strategy == "parallel")

@@ -397,8 +397,10 @@ def kill_points(lines: list[str]) -> dict[str, int]:
     are appended and fsynced one by one): how many lines survive, by where it hit."""
     scores = [n for n, line in enumerate(lines) if '"loss"' in line]
     note = scores[2] - 1 if '"note"' in lines[scores[2] - 1] else scores[2]
+    rung = next(n for n, line in enumerate(lines) if '"rung"' in line or '"loss"' in line)
     return {
-        "during the first rung": scores[0] - 1 if scores[0] > 0 else 0,
+        "during the first rung": rung,
+        "before the first pruned candidate": scores[0] - 1 if scores[0] > 0 else 0,
         "between a status and its score": note,  # the status of the third pruned
         "after the first rung": scores[5] + 1,
         "while pruning the second rung": scores[6] + 1,
@@ -420,3 +422,32 @@ def test_a_killed_halving_search_resumes_with_the_same_schedule(tmp_path, strate
         killed.write_text("\n".join([header, *lines[:n]]) + "\n")
         resumed = tuner.search(tuner_model(), small_dm(), killed)
         assert halving_summary(resumed) == halving_summary(full), where
+
+
+def test_a_candidates_status_survives_a_resume(tmp_path):
+    """A status the scorer recorded (e.g. "ok (retried at batch size 64)") is stored
+    with the score, so the resumed report says it too."""
+    from test_search import FakeScorer, make_dm, parabola
+
+    from vtss_lightning.search.engine import SearchEngine
+
+    class NotingScorer(FakeScorer):
+        def score(self, dm, sizes):
+            if sum(sizes.values()) == 0:
+                self.statuses[self.current] = "ok (retried at batch size 64)"
+            return super().score(dm, sizes)
+
+        def score_many(self, dm, jobs):
+            for i, sizes in jobs:
+                self.current = i
+                yield i, self.score(dm, sizes), 0.0
+
+    path = tmp_path / "p.jsonl"
+    first = SearchEngine([0, 1, 2], verbose=False).run(
+        make_dm(), NotingScorer(parabola), ProgressStore(path, "key", verbose=False)
+    )
+    assert first.candidates[0].status == "ok (retried at batch size 64)"
+    resumed = SearchEngine([0, 1, 2], verbose=False).run(
+        make_dm(), FakeScorer(parabola), ProgressStore(path, "key", verbose=False)
+    )
+    assert [c.status for c in resumed.candidates] == [c.status for c in first.candidates]

@@ -19,7 +19,7 @@ from vtss_lightning.data.preprocessing import TabularPreprocessor
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def table(n: int = 100, n_pos: int = 25, seed: int = 0, spread: float = 1.0) -> pd.DataFrame:
+def table(n: int = 150, n_pos: int = 30, seed: int = 0, spread: float = 1.0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     out = pd.DataFrame(
         {"amount": rng.normal(size=n) * spread, "tenure": rng.normal(size=n).round(3)}
@@ -45,7 +45,7 @@ def setup_error(dm) -> str:
 # ------------------------------------------------------------ values beyond float32
 
 
-@pytest.mark.parametrize("row", [3, 90])  # a training row or (likely) a validation row
+@pytest.mark.parametrize("row", [3, 90, 120])  # training or validation rows: one file
 def test_a_finite_value_beyond_float32_names_the_column_and_the_training_data(row):
     dm = TabularDataModule.from_frame(with_value(table(), 1e39, row), "label", scale=False)
     message = setup_error(dm)
@@ -125,7 +125,9 @@ def test_an_id_like_text_column_is_dropped_with_a_note_naming_it():
 
 def test_the_id_note_reaches_the_search_report():
     dm = TabularDataModule.from_frame(customers(600), "label", batch_size=128)
-    tuner = VTSSTuner({"accelerator": "cpu", "max_epochs": 1}, ratios=[0, 1], verbose=False)
+    tuner = VTSSTuner(
+        {"accelerator": "cpu", "max_epochs": 1}, ratios=[0, 1], folds=None, verbose=False
+    )
     result = tuner.search(LinearModule(), dm, progress_bar=False)
     assert any("'customer_id' dropped" in n for n in result.diagnostics["notes"])
 
@@ -138,12 +140,16 @@ def test_max_categories_none_keeps_every_level_of_every_column():
 
 
 def cities(n: int = 4000, levels: int = 200, seed: int = 0) -> pd.DataFrame:
+    """A long-tailed ``city`` column: a few big cities, every one of ``levels`` present."""
     rng = np.random.default_rng(seed)
-    weights = 1.0 / np.arange(1, levels + 1)  # a few big cities, a long tail
+    names = np.array([f"city{i:03d}" for i in range(levels)], dtype=object)
+    weights = 1.0 / np.arange(1, levels + 1)
+    city = rng.choice(names, n, p=weights / weights.sum())
+    city[rng.permutation(n)[:levels]] = names
     return pd.DataFrame(
         {
             "spend": rng.normal(size=n),
-            "city": rng.choice([f"city{i:03d}" for i in range(levels)], n, p=weights / weights.sum()),
+            "city": city,
             "label": rng.choice(["no", "yes"], n, p=[0.8, 0.2]),
         }
     )
@@ -156,10 +162,9 @@ def test_a_200_level_column_is_capped_to_its_most_frequent_levels_with_a_note():
     assert len(group) == 50 and dm.n_features == 51  # 49 levels + one shared column
     (note,) = [n for n in dm.notes if "'city'" in n]
     assert note.startswith("column 'city' has 200 levels: its 49 most frequent")
-    for name, folds in (("fold", 3),):  # every fold encodes to the same width
-        for fold, train, val in dm.fold_indices(folds):
-            with dm.use_split(f"{name}{fold}", train, val) as split:
-                assert split.x_train.shape[1] == dm.n_features
+    for fold, train, val in dm.fold_indices(3):  # every fold encodes to the same width
+        with dm.use_split(fold, train, val) as split:
+            assert split.x_train.shape[1] == split.x_val.shape[1] == 51
 
 
 def test_the_kept_levels_are_the_most_frequent_in_the_training_rows_only():
@@ -169,7 +174,9 @@ def test_the_kept_levels_are_the_most_frequent_in_the_training_rows_only():
     pre = TabularPreprocessor(["city"], layout=layout, max_categories=10).fit(train)
     kept = [n.removeprefix("city_") for n in pre.schema.names[1:-1]]
     counts = train["city"].value_counts()
-    assert set(kept) == set(counts.index[:9]) and pre.schema.names[-1].endswith("infrequent_sklearn")
+    assert set(kept) == set(counts.index[:9]) and pre.schema.names[-1].endswith(
+        "infrequent_sklearn"
+    )
     assert pre.capped_columns == {"city": len(layout[0])}
     unseen = pd.DataFrame({"spend": [0.0], "city": ["atlantis"]})
     assert pre.transform(unseen)[0, -1] == 1  # an unknown level joins the shared column
@@ -215,7 +222,10 @@ def runs(tmp_path_factory):
     ("name", "start"),
     [
         ("test_overflow", "column 'amount' in the test data has a value of 1e+39, beyond float32"),
-        ("scaler_overflow", "column 'amount' in the training data has a value of 1e+200, too large"),
+        (
+            "scaler_overflow",
+            "column 'amount' in the training data has a value of 1e+200, too large",
+        ),
     ],
 )
 def test_cli_overflow_is_one_error_line_and_a_failed_exit(runs, name, start):

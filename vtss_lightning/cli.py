@@ -120,22 +120,22 @@ def _vtss_cause(exc: BaseException) -> VTSSError | None:
 _HINTS = {
     errno.EISDIR: "a file belongs there, not a folder",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
-    errno.ENOENT: "no such file or folder",
     errno.EACCES: "check its permissions or choose another --trainer.default_root_dir",
     errno.EPERM: "check its permissions or choose another --trainer.default_root_dir",
     errno.EROFS: "choose another --trainer.default_root_dir",
-    errno.ENOSPC: "free some space, then rerun the same command",
-    errno.EDQUOT: "free some space, then rerun the same command",
-    errno.EFBIG: "the file-size limit (ulimit -f) was reached; raise it, then rerun",
+    errno.ENOSPC: "free some space",
+    errno.EDQUOT: "free some space",
+    errno.EFBIG: "the file-size limit (ulimit -f) was reached; raise it",
 }
 
 
 def file_fault(exc: BaseException) -> str | None:
     """One line naming the path and the cause when ``exc`` is a file fault, else None.
 
-    File faults are an ``OSError`` (raised, or the explicit ``__cause__`` of what was
-    raised) and any error raised while Lightning reads the ``ckpt_path`` checkpoint
-    (corrupt, truncated, not a checkpoint, or refused by the weights-only loader).
+    File faults are an ``OSError`` or jsonargparse's ``PathError`` (raised, or the
+    explicit ``__cause__`` of what was raised) and any error raised while Lightning
+    reads the ``ckpt_path`` checkpoint (corrupt, truncated, not a checkpoint, or
+    refused by the weights-only loader).
     Anything else is a bug and keeps its traceback.
     """
     ckpt = _checkpoint_being_read(exc)
@@ -145,9 +145,18 @@ def file_fault(exc: BaseException) -> str | None:
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, OSError):
             return _os_fault(exc)
+        if _is_path_error(exc):  # e.g. config.yaml cannot be saved: it names the path
+            hint = "; make the folder writable or choose another --trainer.default_root_dir"
+            return f"{exc}{hint}" if "writable" in str(exc) else str(exc)
         seen.add(id(exc))
         exc = exc.__cause__  # not __context__: an error raised while handling one is a bug
     return None
+
+
+def _is_path_error(exc: BaseException) -> bool:
+    """jsonargparse's ``PathError`` (a ``TypeError``; not public API, so by name)."""
+    kind = type(exc)
+    return kind.__name__ == "PathError" and kind.__module__.startswith("jsonargparse")
 
 
 def _os_fault(exc: OSError) -> str:
@@ -226,32 +235,37 @@ def _checkpoint_cause(exc: BaseException) -> str:
 
 
 def _progress_note(trainer) -> str:
-    path = _kept_progress(trainer)
-    if path is None:
+    found = _kept_progress(trainer)
+    if found is None:
         return ""
-    return f"; the finished fits are kept in {path} and a rerun of the same command resumes there"
+    path, fits = found
+    return f"; rerunning the same command resumes from the {fits} finished fit(s) kept in {path}"
 
 
-def _kept_progress(trainer) -> Path | None:
-    """The progress file of the run's VTSSCallback, when it holds finished fits."""
+def _kept_progress(trainer) -> tuple[Path, int] | None:
+    """The newest progress file of the run's VTSSCallback that holds finished fits."""
     callback = next((c for c in trainer.callbacks if isinstance(c, VTSSCallback)), None)
     if callback is None or not callback.config.progress:
         return None
     given = callback.config.progress_path
-    root = Path(trainer.default_root_dir)
-    found = [Path(given)] if given else sorted(root.glob("vtss_progress*.jsonl"))
+    if given:  # as given, with its search tag, or next to another search's file
+        name = Path(given.replace("{search}", "*"))
+        found = name.parent.glob(f"{name.stem}*{name.suffix}")
+    else:
+        found = Path(trainer.default_root_dir).glob("vtss_progress*.jsonl")
     try:
-        kept = [p for p in found if p.is_file() and _records(p)]
-        return max(kept, key=lambda p: p.stat().st_mtime) if kept else None
+        kept = [(p.stat().st_mtime, p, n) for p in found if p.is_file() and (n := _fits(p))]
     except OSError:
         return None
+    return max(kept)[1:] if kept else None
 
 
-def _records(path: Path) -> int:
+def _fits(path: Path) -> int:
+    """Finished fits recorded in a progress file (not a strategy's notes)."""
     n = 0
     for line in path.read_text(errors="replace").splitlines()[1:]:
         try:
-            n += "candidate" in json.loads(line)
+            n += "loss" in json.loads(line)
         except (ValueError, TypeError):
             continue
     return n

@@ -116,10 +116,12 @@ class VTSSCallback(_lightning.dual_base("Callback")):
     seed
         Seed of every candidate fit.
     progress, progress_path
-        Append each finished fit to a progress file (default
-        ``<default_root_dir>/vtss_progress.jsonl``) so that rerunning a command killed
-        mid-search skips the finished candidates; the file is removed once the
-        report is written. ``progress=False`` keeps nothing on disk.
+        Append each finished fit to a progress file of this search (default
+        ``<default_root_dir>/vtss_progress-<search tag>.jsonl``, the tag a hash of
+        everything that decides the scores) so that rerunning a command killed
+        mid-search skips the finished candidates; another search in the same folder
+        uses its own file. The file is removed once the report is written.
+        ``progress=False`` keeps nothing on disk.
     """
 
     def __init__(

@@ -145,6 +145,7 @@ class SearchEngine:
                 comparator = scorer.comparators.pop(dm.active.name, None)
                 if comparator is not None:  # the no-synthetic fit's logit adjustment
                     grid.comparators[s] = comparator
+                _keep_status(store, s, i, grid.notes.get(i))  # e.g. an OOM retry's note
                 store.put(s, i, loss, secs, comparator)
                 display.fit_done(loss, "" if split is None else split[0])
                 if split is None:
@@ -282,6 +283,12 @@ class SearchEngine:
     @staticmethod
     def _say(line: str) -> None:
         print(line, file=sys.stdout, flush=True)
+
+
+def _keep_status(store: ScoreStore, s: int, i: int, note: str | None) -> None:
+    """Store a candidate's status with its score, so a resumed search reports it too."""
+    if note is not None and hasattr(store, "put_note") and store.note(s, i) != note:
+        store.put_note(s, i, note)
 
 
 def _report_generator_fits(dm, display: SearchDisplay) -> None:

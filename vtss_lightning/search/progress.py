@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch.nn.parameter import is_lazy
 
+from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.scores import MemoryStore
 
 #: Name of the default progress file; ``{search}`` becomes the search's tag.
@@ -138,7 +139,9 @@ def progress_file_for(path: str | Path, key: str) -> Path:
 
 def remove_progress(path: str | Path) -> None:
     """Delete the file the last writing :class:`ProgressStore` of this process kept for
-    ``path`` (the path as given): a search's own file, never another search's."""
+    ``path`` (the path as given): a search's own file, never another search's. Where
+    no search ran in this process (a fit resumed from a checkpoint) nothing is removed;
+    a rerun of that search would find its finished fits there."""
     used = _OPENED.pop(Path(path), None)
     if used is not None:
         used.unlink(missing_ok=True)
@@ -185,6 +188,11 @@ class ProgressStore(MemoryStore):
 
     def __init__(self, path: str | Path, key: str, write: bool = True, verbose: bool = True):
         self.requested = Path(path)
+        if self.requested.is_dir():
+            raise VTSSError(
+                f"progress_path {str(self.requested)!r} is a folder; give a file path "
+                "(e.g. inside it: .../vtss_progress.jsonl)"
+            )
         self.key = key
         self.tag = key[:TAG_DIGITS]
         self.path = progress_file_for(self.requested, key)  # the file actually used
@@ -288,11 +296,14 @@ class ProgressStore(MemoryStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         header = json.dumps({"vtss_progress": FORMAT, "fingerprint": self.key})
-        with tmp.open("w") as fh:
-            fh.write("\n".join([header, *self._records]) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        try:
+            with tmp.open("w") as fh:
+                fh.write("\n".join([header, *self._records]) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)  # left only when the write or the rename failed
 
 
 def _say(line: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,9 +95,17 @@ class VTSSResult:
         )
 
     def to_json(self, path: str | Path | None = None) -> str:
+        """The report as JSON; with ``path`` also written there atomically (a failed
+        write, e.g. a full disk, leaves no half report behind)."""
         text = json.dumps(self.to_dict(), indent=2, sort_keys=False)
         if path is not None:
-            Path(path).write_text(text + "\n")
+            path = Path(path)
+            tmp = path.with_name(f".{path.name}.tmp")
+            try:
+                tmp.write_text(text + "\n")
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
         return text
 
     def plot(self, path: str | Path | None = None):
@@ -145,8 +154,8 @@ class VTSSResult:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         report, curve = directory / REPORT_NAME, directory / CURVE_NAME
+        plt.close(self.plot(curve))  # the curve first: a report on disk means both were written
         self.to_json(report)
-        plt.close(self.plot(curve))
         return report, curve
 
     def final_rows_line(self) -> str | None:

@@ -53,7 +53,8 @@ class VTSSTuner:
 
         Every finished fit is appended to that file; calling ``search`` again with the
         same model, data and settings skips them. The file is kept afterwards (delete
-        it to search afresh); a file from another configuration is ignored.
+        it to search afresh); a file that belongs to another search is left alone and
+        this one writes ``<stem>-<search tag><suffix>`` beside it.
         ``progress_bar`` draws a live bar over the fits (default: on a terminal).
         """
         datamodule.prepare_data()

@@ -208,8 +208,9 @@ class _Plan:
         """The recorded schedule these jobs belong to (a resume), else a new one."""
         wanted = {i for i, _ in jobs}
         for e in reversed(_entries(journal)):
-            if e.get("halving") == "plan" and wanted <= set(e["plan"]):
-                return cls(journal, e["plan"], e["budgets"], jobs, eta)
+            indices, budgets_there = e.get("plan") or [], e.get("budgets") or []
+            if e.get("halving") == "plan" and wanted <= set(indices):
+                return cls(journal, indices, budgets_there, jobs, eta)
         plan = cls(journal, [i for i, _ in jobs], budgets, jobs, eta)
         if journal is not None and plan.rungs:
             journal.record({"halving": "plan", "plan": plan.indices, "budgets": plan.budgets})
@@ -233,7 +234,7 @@ class _Plan:
     def record_rung(self, r: int, alive: list[int], losses: dict[int, float]) -> None:
         if self.journal is None or not self.rungs:
             return
-        values = [losses[p] if math.isfinite(losses[p]) else None for p in alive]
+        values = [None if math.isnan(losses[p]) else losses[p] for p in alive]  # inf stays
         entry = {"halving": "rung", "plan": self.indices, "rung": r, "alive": alive}
         self.journal.record({**entry, "losses": values})
 
