@@ -13,9 +13,18 @@ A strategy that trains the winner with the final settings (all but finetune) han
 its weights over as the final model (``refit=False``, the default), so its final
 model costs nothing; finetune's final model is a full fit at the chosen size.
 
+The ``logistic`` workloads (issue 15) time the default model, ``TabularClassifier()``
+(L2-penalised logistic regression, one full-batch L-BFGS fit to convergence per
+candidate, ``max_epochs=1``), on a built-in table (``--table``), hold-out
+(``logistic``) and 5-fold (``logistic_5fold``), retrain against parallel (whose joint
+L-BFGS solve replaces one fit per candidate), with the largest difference between the
+two strategies' candidate losses.
+
 Usage::
 
     .venv/bin/python benchmarks/search_cost.py --seeds 10 --threads 1
+    .venv/bin/python benchmarks/search_cost.py --workloads logistic,logistic_5fold \
+        --strategies retrain,parallel --seeds 10 --out /tmp/search_cost_logistic.md
     .venv/bin/python benchmarks/search_cost.py --device cuda --seeds 5 --out benchmarks/results/search_cost_gpu.md
 """
 
@@ -55,6 +64,11 @@ LABELS = {
     "parallel_best": "parallel (snapshot=best)",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
+#: Logistic-regression workloads: validation folds (None: the hold-out).
+LOGISTIC = {"logistic": None, "logistic_5fold": 5}
+#: The strategies a logistic workload compares (one L-BFGS step per fit: no rungs).
+LOGISTIC_STRATEGIES = ("retrain", "parallel")
+TABLE = {"name": "breast_cancer"}  # --table
 
 
 def workload(kind: str, seed: int, device: str):
@@ -64,7 +78,12 @@ def workload(kind: str, seed: int, device: str):
     from vtss_lightning.models import ImageClassifier, TabularClassifier
 
     torch.manual_seed(seed)
-    if kind == "tabular":
+    if kind in LOGISTIC:
+        dm = TabularDataModule(
+            dataset=TABLE["name"], seed=seed, generator=SMOTEGenerator(k_neighbors=5)
+        )
+        model, epochs = TabularClassifier(), 1
+    elif kind == "tabular":
         dm = TabularDataModule(
             dataset="paper_linear", scale=False, seed=seed, generator=SMOTEGenerator(k_neighbors=5)
         )
@@ -94,6 +113,9 @@ def run_seed(
     kind: str, seed: int, device: str, eta: float, strategies: tuple[str, ...] = STRATEGIES
 ) -> dict:
     dm, model, settings, _ = workload(kind, seed, device)
+    if kind in LOGISTIC:
+        strategies = tuple(k for k in strategies if k in LOGISTIC_STRATEGIES)
+    folds = LOGISTIC.get(kind)
     out = {"one_fit": [], "runs": {}}
     order = list(strategies[seed % len(strategies) :] + strategies[: seed % len(strategies)])
     for strategy in order:
@@ -106,16 +128,18 @@ def run_seed(
         )
         scorer = make_scorer(config, model, settings, keep_states=True)
         t0 = time.perf_counter()
-        result = SearchEngine(verbose=False).run(dm, scorer)
+        result = SearchEngine(verbose=False, folds=folds).run(dm, scorer)
         search = time.perf_counter() - t0
         final = 0.0
-        if scorer.trained_state(result.selected_index_sizes) is None:
+        # K-fold: the final model trains on other rows than any fold's fit (never reused)
+        if folds is not None or scorer.trained_state(result.selected_index_sizes) is None:
             final = timed_fit(model, settings, dm, result.selected_ratio, seed)
         out["runs"][strategy] = {
             "search": search,
             "final": final,
             "ratio": result.selected_ratio,
             "fallback": scorer.fallback_reason,
+            "losses": {c.ratio: c.val_balanced_loss for c in result.candidates},
         }
     out["one_fit"] = float(np.median(out["one_fit"]))
     return out
@@ -241,14 +265,30 @@ def step_times(device: str, kind: str, epochs: int, repeats: int) -> dict[str, l
 
 # ------------------------------------------------------------------ report
 def grid_step(a: float, b: float) -> int:
-    grid = list(DEFAULT_RATIOS)
+    grid = sorted(set(DEFAULT_RATIOS) | {a, b})  # a ratio of an extended grid too
     return abs(grid.index(a) - grid.index(b))
 
 
+def loss_gaps(seeds: list[dict], strategy: str) -> list[float]:
+    """Per seed, the largest |strategy - retrain| candidate loss over the common ratios."""
+    out = []
+    for s in seeds:
+        a, b = s["runs"]["retrain"]["losses"], s["runs"][strategy]["losses"]
+        common = [r for r in a if r in b and a[r] is not None and b[r] is not None]
+        out.append(max((abs(a[r] - b[r]) for r in common), default=math.nan))
+    return out
+
+
 def section(kind: str, seeds: list[dict]) -> str:
+    logistic = (
+        f"Logistic regression (TabularClassifier(): L2 1/n, full-batch L-BFGS, max_epochs=1) on "
+        f"`{TABLE['name']}`, "
+    )
     title = {
         "tabular": "Tabular MLP (64-64, AdamW, 30 epochs, batch 256) on the paper's linear design",
         "digits": "Digits CNN (ImageClassifier width 16, depth 2, 15 epochs, batch 64), digit 8 vs rest",
+        "logistic": logistic + "hold-out",
+        "logistic_5fold": logistic + "5-fold",
     }[kind]
     one = [s["one_fit"] for s in seeds]
     lines = [
@@ -284,7 +324,15 @@ def section(kind: str, seeds: list[dict]) -> str:
     if fallbacks:
         lines += ["", f"Fallbacks: {sorted(fallbacks)}"]
     picks = ", ".join(f"{k}: " + " ".join(f"{s['runs'][k]['ratio']:g}" for s in seeds) for k in ran)
-    lines += ["", f"Selected ratios per seed — {picks}.", ""]
+    lines += ["", f"Selected ratios per seed — {picks}."]
+    if kind in LOGISTIC and "parallel" in ran:
+        gaps = loss_gaps(seeds, "parallel")
+        lines += [
+            "",
+            "Largest |parallel - retrain| candidate balanced loss per seed: median "
+            f"{np.median(gaps):.1e}, max {max(gaps):.1e}.",
+        ]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -316,7 +364,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--eta", type=float, default=3.0)
-    parser.add_argument("--workloads", default="tabular,digits")
+    parser.add_argument(
+        "--workloads", default="tabular,digits", help="tabular, digits, logistic, logistic_5fold"
+    )
+    parser.add_argument("--table", default="breast_cancer", help="built-in table (logistic)")
     parser.add_argument("--step-epochs", type=int, default=4, help="epochs per step timing")
     parser.add_argument("--step-repeats", type=int, default=9, help="interleaved step timings")
     parser.add_argument(
@@ -326,13 +377,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "search_cost.md")
     args = parser.parse_args()
     strategies = tuple(k for k in STRATEGIES if k in {"retrain", *args.strategies.split(",")})
+    TABLE["name"] = args.table
     quiet()
     single_thread(args.threads)
     load_before = os.getloadavg()
     start = time.perf_counter()
-    steps = {
+    steps = {  # the loop comparison is about mini-batch steps: not the L-BFGS workloads
         kind: step_times(args.device, kind, args.step_epochs, args.step_repeats)
         for kind in args.workloads.split(",")
+        if kind in STEP_WORKLOADS
     }
     done: dict[str, list[dict]] = {}
     if args.steps_only:

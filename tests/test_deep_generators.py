@@ -275,7 +275,7 @@ def test_vtss_search_end_to_end(tmp_path, generator):
     frame.loc[n_neg:, "a"] += 1.5
     dm = TabularDataModule.from_frame(frame, target="y", generator=generator, batch_size=64)
     pl.seed_everything(0)
-    cb = VTSSCallback(ratios=[0, 1, 2], verbose=False)
+    cb = VTSSCallback(ratios=[0, 1, 2], folds=None, verbose=False)  # the hold-out pool below
     trainer = quiet_trainer(
         accelerator="cpu",
         max_epochs=2,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -171,21 +172,22 @@ class TabularClassifier(BalancedClassifier):
         buffers: dict[str, torch.Tensor],
         x: torch.Tensor,
     ) -> torch.Tensor:
-        """Scores of K copies at once, weights stacked along dim 0: ``(K, N, F) -> (K, N, C)``.
+        """Scores of K copies at once, weights stacked along dim 0: ``(K, N, F) -> (K, N, C)``,
+        or ``(N, F) -> (K, N, C)`` for rows every copy shares.
 
         What ``strategy="parallel"`` runs instead of ``vmap(functional_call(self))``:
         one fused ``baddbmm`` per linear layer (vmap's rule splits it into a matmul and
-        a separate bias add, about a quarter slower on a CPU). Same maths as
-        :meth:`forward`; Dropout draws its own mask per copy.
+        a separate bias add, about a quarter slower on a CPU); on shared rows the first
+        layer is one GEMM over the copies' weights side by side (the joint full-batch
+        L-BFGS solve, where every candidate's rows are part of the largest one's). Same
+        maths as :meth:`forward`; Dropout draws its own mask per copy.
         """
         h = x
         for name, layer in self.net.named_children():
             key = f"net.{name}."
             if isinstance(layer, nn.Linear | RandomFourierFeatures):
                 group = params if key + "weight" in params else buffers
-                w = group[key + "weight"].transpose(1, 2)
-                b = group.get(key + "bias")
-                h = torch.bmm(h, w) if b is None else torch.baddbmm(b.unsqueeze(1), h, w)
+                h = _stacked_linear(h, group[key + "weight"], group.get(key + "bias"))
                 if isinstance(layer, RandomFourierFeatures):
                     h = layer.scale * torch.cos(h)
             else:  # ReLU, Dropout: elementwise, any leading shape
@@ -203,6 +205,14 @@ class TabularClassifier(BalancedClassifier):
             return (scores[:, 1] - y.to(scores.dtype)).pow(2)
         return (scores - F.one_hot(y, self.num_classes).to(scores.dtype)).pow(2).sum(1)
 
+    @property
+    def convex_objective(self) -> bool:
+        """Whether the training objective is convex in the parameters: a linear model
+        (``hidden_dims=[]``; random features are fixed buffers) under log or squared loss,
+        strictly convex with the L2 penalty. ``strategy="parallel"`` then solves the
+        candidates' full-batch L-BFGS fits as one problem."""
+        return not self.hidden_dims
+
     def l2_strength(self, n_rows: int) -> float:
         """The L2 ``lambda`` of a fit on ``n_rows`` rows (``"auto"``: 1/n for L-BFGS)."""
         wd = self.hparams.weight_decay
@@ -217,6 +227,19 @@ class TabularClassifier(BalancedClassifier):
             return 0.0
         weights = [m.weight for m in self.net.modules() if isinstance(m, nn.Linear)]
         return 0.5 * strength * sum(w.pow(2).sum() for w in weights)
+
+    def penalty_stacked(
+        self, params: dict[str, torch.Tensor], n_rows: Sequence[int]
+    ) -> torch.Tensor:
+        """:meth:`penalty` of K copies at once, weights stacked along dim 0, copy ``k``
+        fitted on ``n_rows[k]`` rows: ``(K,)``. What ``strategy="parallel"`` adds to its
+        joint full-batch objective (one call instead of one per candidate)."""
+        first = next(iter(params.values()))
+        strengths = [self.l2_strength(n) if self.full_batch else 0.0 for n in n_rows]
+        lam = torch.tensor(strengths, dtype=first.dtype, device=first.device)
+        keys = [f"net.{n}.weight" for n, m in self.net.named_modules() if isinstance(m, nn.Linear)]
+        squares = sum(params[k].pow(2).flatten(1).sum(1) for k in keys)
+        return 0.5 * lam * squares
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -239,6 +262,18 @@ class TabularClassifier(BalancedClassifier):
             ],
             lr=hp.lr or 1e-3,
         )
+
+
+def _stacked_linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """K linear layers at once: ``h`` ``(K, N, in)`` or ``(N, in)`` shared by every copy,
+    ``weight`` ``(K, out, in)``, ``bias`` ``(K, out)`` or ``None`` -> ``(K, N, out)``."""
+    if h.dim() == 2:  # one GEMM: the copies' weights side by side
+        k, out = weight.shape[:2]
+        flat = weight.reshape(k * out, -1).T
+        z = h @ flat if bias is None else torch.addmm(bias.reshape(1, k * out), h, flat)
+        return z.view(len(h), k, out).transpose(0, 1)
+    w = weight.transpose(1, 2)
+    return torch.bmm(h, w) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, w)
 
 
 class RandomFourierFeatures(nn.Module):

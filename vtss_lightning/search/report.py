@@ -100,7 +100,7 @@ class VTSSResult:
         text = json.dumps(self.to_dict(), indent=2, sort_keys=False)
         if path is not None:
             path = Path(path)
-            tmp = path.with_name(f".{path.name}.tmp")
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             try:
                 tmp.write_text(text + "\n")
                 os.replace(tmp, path)

@@ -66,8 +66,12 @@ class MemberState:
         return {**self.params, **self.buffers}
 
 
-def optimizer_spec(module: nn.Module) -> OptimizerSpec | str:
-    """The module's optimizer as a spec, or why it cannot be stacked (one line)."""
+def optimizer_spec(module: nn.Module, also: tuple[type, ...] = ()) -> OptimizerSpec | str:
+    """The module's optimizer as a spec, or why it cannot be stacked (one line).
+
+    ``also``: optimizer classes accepted beside the elementwise ones (``LBFGS`` for the
+    joint full-batch solve of :mod:`._full_batch`).
+    """
     try:
         out = module.configure_optimizers()
     except Exception as err:  # noqa: BLE001 - any failure means: cannot stack
@@ -82,7 +86,7 @@ def optimizer_spec(module: nn.Module) -> OptimizerSpec | str:
         out = out[0]
     if not isinstance(out, torch.optim.Optimizer):
         return f"configure_optimizers() returns {type(out).__name__}, not one torch optimizer"
-    if type(out) not in ELEMENTWISE:
+    if type(out) not in ELEMENTWISE + tuple(also):
         names = ", ".join(c.__name__ for c in ELEMENTWISE)
         return (
             f"{type(out).__name__} is not elementwise (a line search or per-tensor norm couples "
@@ -125,13 +129,14 @@ def initial_state(module: nn.Module, device: torch.device) -> MemberState:
 
 
 class Stack:
-    """Members stacked along a new leading dimension, with the optimizer over them."""
+    """Members stacked along a new leading dimension, with the optimizer over them
+    (``spec=None``: no optimizer, to evaluate members trained elsewhere)."""
 
     def __init__(
         self,
         module: nn.Module,
         states: list[MemberState],
-        spec: OptimizerSpec,
+        spec: OptimizerSpec | None,
         batched: bool = False,
     ):
         self.module = module
@@ -141,9 +146,9 @@ class Stack:
             for n in states[0].params
         }
         self.buffers = {n: torch.stack([s.buffers[n] for s in states]) for n in states[0].buffers}
-        self.optimizer = spec.build(self.params)
+        self.optimizer = spec.build(self.params) if spec is not None else None
         for n, p in self.params.items():
-            if n in states[0].opt:
+            if self.optimizer is not None and n in states[0].opt:
                 entry = {k: torch.stack([s.opt[n][k] for s in states]) for k in states[0].opt[n]}
                 entry.update({k: v.clone() for k, v in states[0].shared.get(n, {}).items()})
                 self.optimizer.state[p] = entry
@@ -226,7 +231,7 @@ class Stack:
                 {n: b[j].detach().clone() for n, b in self.buffers.items()},
             )
             for n, p in self.params.items():
-                entry = self.optimizer.state.get(p)
+                entry = self.optimizer.state.get(p) if self.optimizer is not None else None
                 if not entry:
                     continue
                 per = {k: v for k, v in entry.items() if torch.is_tensor(v) and v.shape == p.shape}

@@ -12,6 +12,10 @@ real validation rows after each of its epochs and keeps its best epoch (early
 stopping per candidate, which selects differently from retrain). Differences from
 ``retrain`` either way: Dropout draws different masks per member, and Lightning hooks
 of the module other than ``forward``/``loss``/``configure_optimizers`` are not run.
+Full-batch L-BFGS candidates of a convex model (``TabularClassifier()``'s logistic
+regression) are instead solved as one problem, one L-BFGS over the sum of the members'
+objectives, whose minimiser is each member's own optimum (:mod:`._full_batch`); a member
+that problem leaves unconverged is retrained alone.
 What cannot be stacked falls back to ``retrain`` with a one-line reason. A stack that
 runs out of device memory is split in two and retried from where it started; a member
 that does not fit even alone is scored NaN with the reason in its status.
@@ -29,6 +33,7 @@ import torch
 from vtss_lightning._random import seeded
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.guard import free_device_memory, is_out_of_memory
+from vtss_lightning.search.strategies import _full_batch
 from vtss_lightning.search.strategies._members import Member, settings_blocker
 from vtss_lightning.search.strategies._stack import (
     MemberState,
@@ -96,6 +101,7 @@ class ParallelScorer(BaseScorer):
         self._full_state: dict[str, torch.Tensor] = {}
         self._batched = False  # the module's forward_stacked is used (checked in the dry run)
         self._spec: OptimizerSpec | None = None
+        self._joint: _full_batch.Layout | None = None  # full-batch L-BFGS: the joint solve
 
     # ------------------------------------------------------------ scoring
     def score_many(self, dm, jobs: list[Job]) -> Iterator[Scored]:
@@ -158,9 +164,13 @@ class ParallelScorer(BaseScorer):
             return "the module has no parameters before fit (build it first)"
         if training_loss(base) is None:
             return "the module defines neither loss(scores, y) nor per_sample_loss(scores, y)"
-        spec = optimizer_spec(base)
+        spec = optimizer_spec(base, also=(torch.optim.LBFGS,))
         if isinstance(spec, str):
             return spec
+        joint = spec.cls is torch.optim.LBFGS
+        reason = _full_batch.joint_blocker(base, spec) if joint else None
+        if reason is not None:
+            return reason
         base.to(device)
         self._full_state = {k: v.detach().cpu() for k, v in base.state_dict().items()}
         base = without_metrics(base)
@@ -169,10 +179,17 @@ class ParallelScorer(BaseScorer):
             x, y = split.x_train[:2].to(device), split.y_train[:2].to(device)
             state = initial_state(base, device)
             batched = forward_stacked_agrees(base, state, x)
-            stack = Stack(base, [state, state], spec, batched)
-            xs, ys = x.expand(2, *x.shape), y.expand(2, *y.shape)
-            stack.step([(None, xs, ys)])
-            stack.balanced_losses(None, x, y, dm.num_classes)
+            if joint:
+                xj, yj = split.x_train[:5].to(device), split.y_train[:5].to(device)
+                layout = _full_batch.check_joint(base, state, xj, yj, batched)
+                if isinstance(layout, str):
+                    return layout
+                self._joint = layout
+            else:
+                stack = Stack(base, [state, state], spec, batched)
+                xs, ys = x.expand(2, *x.shape), y.expand(2, *y.shape)
+                stack.step([(None, xs, ys)])
+            Stack(base, [state, state], None, batched).balanced_losses(None, x, y, dm.num_classes)
         except Exception as err:  # noqa: BLE001 - anything vmap cannot do
             return f"cannot vmap {type(base).__name__}: {first_line(err)}"
         self._base, self._spec, self._batched = base, spec, batched
@@ -217,6 +234,9 @@ class ParallelScorer(BaseScorer):
         weights = sum(t.numel() * t.element_size() for t in m.state.weights().values())
         x = m.loader.x[: m.loader.batch_size]
         per_member = 6 * weights + 3 * activation_bytes(self._base, x) + 2 * x.numel() * 4
+        if self._joint is not None:  # padded to the longest member, in float64
+            x = max((m.loader.x for m in members), key=len)
+            per_member = _full_batch.joint_member_bytes(self._base, self._spec, x)
         return max(1, min(len(members), int(budget * 2**20 // per_member)))
 
     # ------------------------------------------------------------ training
@@ -259,6 +279,9 @@ class ParallelScorer(BaseScorer):
             self.train(dm, members, targets)
 
     def _train(self, dm, members: list[Member], targets: dict[int, int]) -> None:
+        if self._joint is not None:
+            self._solve(dm, members, targets)
+            return
         split = dm.active
         device = self.settings.device()
         x_val, y_val = split.x_val.to(device), split.y_val.to(device)
@@ -315,6 +338,70 @@ class ParallelScorer(BaseScorer):
             better = loss < m.best_loss  # stays on the device: no host sync per epoch
             m.best_loss = torch.where(better, loss, m.best_loss)
             m.best = {n: torch.where(better, w, m.best[n]) for n, w in weights.items()}
+
+    # ------------------------------------------------ full-batch L-BFGS (joint)
+    def _solve(self, dm, members: list[Member], targets: dict[int, int]) -> None:
+        """Full-batch L-BFGS members solved as one problem (:mod:`._full_batch`), scored.
+
+        The members of one call share their step target (retrain's epochs). A member the
+        joint solve leaves unconverged is retrained alone with the retrain recipe, so
+        every member ends at its own optimum or exactly at retrain's weights.
+        """
+        active = [m for m in members if m.steps < targets[m.index]]
+        if not active:
+            return
+        split, device = dm.active, self.settings.device()
+        val = (split.x_val.to(device), split.y_val.to(device), dm.num_classes)
+        t0 = time.perf_counter()
+        objective = _full_batch.JointObjective(
+            self._base,
+            [m.state for m in active],
+            [(m.loader.x, m.loader.y) for m in active],
+            self._batched,
+            self._joint.mode,
+            len(split.y_train),
+            self._joint.stacked_penalty,
+        )
+        best = self.snapshot == "best"  # then every L-BFGS step (epoch) is scored
+        taken, grads = _full_batch.solve(
+            objective,
+            self._spec,
+            max(targets[m.index] - m.steps for m in active),
+            (lambda obj: self._score_states(active, obj.states(), *val)) if best else None,
+        )
+        share = (time.perf_counter() - t0) / len(active)
+        ok = _full_batch.converged(grads, self._spec).tolist()
+        for m, state, good, grad in zip(
+            active, objective.states(), ok, grads.tolist(), strict=True
+        ):
+            m.steps = targets[m.index]
+            m.seconds += share
+            m.state = state if good else self._retrained(dm, m, targets[m.index], grad, taken)
+        self._score_states(active, [m.state for m in active], *val)
+
+    def _score_states(self, members: list[Member], states, x_val, y_val, num_classes) -> None:
+        stack = Stack(self._base, states, None, self._batched)
+        self._evaluate(stack, members, list(range(len(members))), x_val, y_val, num_classes)
+
+    def _retrained(self, dm, m: Member, target: int, grad: float, taken: int) -> MemberState:
+        """The member trained alone with the retrain recipe for ``target`` L-BFGS steps
+        (a halving rung: fewer than its budget); its status says why."""
+        t0 = time.perf_counter()
+        rung = target if target < m.budget else None
+        model = self.fit(clone_module(self.template), dm, m.sizes, max_steps=rung)
+        device = self.settings.device()
+        params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+        m.best_loss = None  # scored afresh on these weights
+        m.seconds += time.perf_counter() - t0
+        self.statuses[m.index] = (
+            f"trained alone (retrain recipe): the joint L-BFGS left its largest gradient "
+            f"entry at {grad:.1e} (> {_full_batch.acceptance(self._spec):g}) after {taken} "
+            "L-BFGS step(s)"
+        )
+        return MemberState(
+            {n: params[n].detach().to(device).clone() for n in m.state.params},
+            {n: buffers[n].detach().to(device).clone() for n in m.state.buffers},
+        )
 
     def finish(self, m: Member, keep: bool = True) -> None:
         """Keep the member's chosen weights for reuse and drop its training state."""
