@@ -444,6 +444,9 @@ OTHER_VALUE = {
     "schedule": "linear",
     "precision": "32",
     "default_distribution": "norm",
+    "unet": {"block_out_channels": (8, 16)},
+    "scheduler": "ddpm",
+    "beta_schedule": "linear",
 }
 
 

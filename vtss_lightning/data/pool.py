@@ -10,6 +10,11 @@ asked for. Many generators (SMOTE, jitter, the Gaussian, TVAE, the deep ones) dr
 differently for a different row count, but a chunk never changes, so for one seed
 the first ``m`` rows are the same whether ``m`` or any ``M > m`` rows are asked for:
 candidates, a run forced to one size and a resumed search train on the same rows.
+
+A *conditional* generator (``generator.conditional``) is fitted once per split, on
+the training rows of every class with their labels, and each class is drawn from
+that one model in the same chunks (``sample(c, seed, label=k)`` with the same chunk
+seeds), so its pools are nested in the same way.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from vtss_lightning._random import (
 from vtss_lightning.data.features import Features, as_frame, take_rows
 from vtss_lightning.data.labels import label_text
 from vtss_lightning.errors import VTSSError
-from vtss_lightning.generators.base import Rows, SyntheticGenerator
+from vtss_lightning.generators.base import ClassView, Rows, SyntheticGenerator
 
 if TYPE_CHECKING:
     from vtss_lightning.data.split import PreparedSplit
@@ -149,6 +154,12 @@ class PoolBuilder:
     ``pool_chunk_seed(seed, k, j)``; rows are drawn on the device of the split's
     tensors.
 
+    A conditional template is instead fitted once per split, with seed
+    ``derive_seed(seed, GENERATOR_FIT_SALT, num_classes)``, on every training row of
+    the split and its label (:meth:`fit_labelled_generator`); ``split.generators[k]``
+    is then that model's :class:`~vtss_lightning.generators.base.ClassView` of class
+    ``k``, sampled with the same chunk seeds.
+
     Parameters
     ----------
     generator
@@ -211,7 +222,10 @@ class PoolBuilder:
         return torch.cat(blocks)[:m]
 
     def _fit_class(self, split: PreparedSplit, k: int) -> SyntheticGenerator:
-        """Class ``k``'s generator, fitted on all its training rows with its own seed."""
+        """Class ``k``'s generator, fitted on all its training rows with its own seed (a
+        conditional template: the view of class ``k`` of the split's one shared model)."""
+        if self.generator.conditional:
+            return self._conditional_model(split).for_class(k)
         positions = torch.nonzero(split.y_train.cpu() == k).flatten().numpy()
         where = f"class {label_text(self.classes[k])} after the split"
         t0 = time.perf_counter()
@@ -223,6 +237,47 @@ class PoolBuilder:
             self.on_generator_fitted(who, time.perf_counter() - t0)
         return generator
 
+    def _conditional_model(self, split: PreparedSplit) -> SyntheticGenerator:
+        """The split's one conditional model: fitted on its first use, then shared."""
+        for view in split.generators.values():
+            if isinstance(view, ClassView):
+                return view.generator
+        every = np.arange(len(split.y_train))
+        t0 = time.perf_counter()
+        seed = derive_seed(self.seed, GENERATOR_FIT_SALT, split.num_classes)
+        model = self.fit_labelled_generator(
+            split, every, seed, f"the training rows of {split.name}"
+        )
+        if self.on_generator_fitted is not None:
+            who = f"all classes, one conditional model ({len(every)} rows, {split.name})"
+            self.on_generator_fitted(who, time.perf_counter() - t0)
+        return model
+
+    def fit_labelled_generator(
+        self, split: PreparedSplit, positions: np.ndarray, seed: int, where: str
+    ) -> SyntheticGenerator:
+        """A fresh copy of a conditional template fitted on ``split``'s training rows at
+        ``positions`` (any classes) and their labels; the classes it saw can be sampled."""
+        generator = copy.deepcopy(self.generator).to(split.x_train.device)
+        rows = self._rows(split, generator, positions)
+        labels = split.y_train.cpu()[torch.as_tensor(positions, dtype=torch.long)]
+        if len(rows) < generator.min_rows:
+            raise VTSSError(
+                f"{where}: {len(rows)} training row(s), but {generator.name} needs at least "
+                f"{generator.min_rows}"
+            )
+        return generator.fit_labelled(
+            rows, labels, split.preprocessor.schema, seed=seed, num_classes=split.num_classes
+        )
+
+    def _rows(
+        self, split: PreparedSplit, generator: SyntheticGenerator, positions: np.ndarray
+    ) -> Rows:
+        """``split``'s training rows at ``positions``: encoded, or raw for a frame generator."""
+        if generator.input_kind == "frame":
+            return as_frame(take_rows(self.features, split.train_index[positions]))
+        return split.x_train[torch.as_tensor(positions, device=split.x_train.device)]
+
     def fit_generator(
         self, split: PreparedSplit, positions: np.ndarray, seed: int, where: str
     ) -> SyntheticGenerator:
@@ -230,18 +285,39 @@ class PoolBuilder:
 
         ``positions`` index ``split.x_train``; frame generators get the same rows raw.
         ``where`` names the rows in the error raised when there are too few of them.
+
+        For a conditional template the rows at ``positions`` must be of one class
+        ``k``: the model is fitted on them *and every training row of the other
+        classes* (a conditional model learns all classes; what the caller holds out of
+        class ``k`` stays out) and class ``k``'s :class:`ClassView` is returned, which
+        samples like a per-class generator (TG-VTSS's cross-fitting calls this).
         """
+        if self.generator.conditional:
+            return self._fit_conditional_class(split, positions, seed, where)
         generator = copy.deepcopy(self.generator).to(split.x_train.device)
-        if generator.input_kind == "frame":
-            rows = as_frame(take_rows(self.features, split.train_index[positions]))
-        else:
-            rows = split.x_train[torch.as_tensor(positions, device=split.x_train.device)]
+        rows = self._rows(split, generator, positions)
         if len(rows) < generator.min_rows:
             raise VTSSError(
                 f"{where}: {len(rows)} training row(s), but {generator.name} needs at least "
                 f"{generator.min_rows}"
             )
         return generator.fit(rows, split.preprocessor.schema, seed=seed)
+
+    def _fit_conditional_class(
+        self, split: PreparedSplit, positions: np.ndarray, seed: int, where: str
+    ) -> ClassView:
+        """A conditional model of ``positions`` (one class) plus the other classes' rows."""
+        y = split.y_train.cpu().numpy()
+        classes = np.unique(y[positions])
+        if len(classes) != 1:
+            raise VTSSError(
+                f"{where}: a conditional generator is fitted for one class at a time here, "
+                f"but the rows hold {len(classes)} classes"
+            )
+        k = int(classes[0])
+        others = np.flatnonzero(y != k)
+        fit_rows = np.sort(np.concatenate([np.asarray(positions), others]))
+        return self.fit_labelled_generator(split, fit_rows, seed, where).for_class(k)
 
     def sample(
         self,

@@ -19,8 +19,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from vtss_lightning.data.schema import FeatureSchema
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.generators._common import check_float, check_int
+from vtss_lightning.generators.base import SyntheticGenerator
 
 _LOGGER = logging.getLogger("vtss_lightning.generators")
 
@@ -187,12 +189,13 @@ class _Optimiser:
 
 def fit_net(
     net: nn.Module,
-    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    loss_fn: Callable[..., torch.Tensor],
     x: torch.Tensor,
     settings: TrainSettings,
     total_steps: int,
     seed: int,
     name: str,
+    y: torch.Tensor | None = None,
 ) -> list[tuple[int, float]]:
     """Minimise ``loss_fn(batch)`` over minibatches of the rows ``x``.
 
@@ -201,7 +204,9 @@ def fit_net(
     updates by :class:`_Optimiser`. With ``settings.ema > 0`` the weights end as
     their exponential moving average (what diffusion models sample with). Returns
     ``(step, mean loss since last record)`` every ``log_every`` steps and at the
-    end; with ``verbose`` each is also printed.
+    end; with ``verbose`` each is also printed. With labels ``y`` (one per row, a
+    conditional model) the loss is ``loss_fn(batch, batch_labels)``; the batches are
+    the same rows as without.
     """
     device = x.device
     n = x.shape[0]
@@ -216,10 +221,12 @@ def fit_net(
     for step in range(total_steps):
         if pos + batch > n:
             perm, pos = torch.randperm(n, generator=order).to(device), 0
-        xb = x.index_select(0, perm[pos : pos + batch])
+        idx = perm[pos : pos + batch]
+        xb = x.index_select(0, idx)
+        yb = None if y is None else y.index_select(0, idx)
         pos += batch
         with autocast(device, dtype):
-            loss = loss_fn(xb)
+            loss = loss_fn(xb) if yb is None else loss_fn(xb, yb)
         optimiser.step(loss, step)
         running += loss.detach().float()
         since += 1
@@ -278,3 +285,33 @@ def check_image_rows(x: torch.Tensor, who: str) -> None:
             f"{who}: image rows must hold pixel values in [0, 1], got values in "
             f"[{lo:.3g}, {hi:.3g}]; scale images to [0, 1] instead of standardising them"
         )
+
+
+class OneNetGenerator(SyntheticGenerator):
+    """A deep generator that trains one network either way: on one class's rows
+    (``fit``) or, ``conditional``, on every class's rows with their labels
+    (``fit_labelled``); both end in :meth:`_fit_model`."""
+
+    def _fit(self, x: torch.Tensor, schema: FeatureSchema | None, seed: int) -> None:
+        self._fit_model(x, None, schema, seed, 0)
+
+    def _fit_labelled(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        schema: FeatureSchema | None,
+        seed: int,
+        num_classes: int,
+    ) -> None:
+        self._fit_model(x, y, schema, seed, num_classes)
+
+    def _fit_model(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        schema: FeatureSchema | None,
+        seed: int,
+        num_classes: int,
+    ) -> None:
+        """Train the network (``y``, ``num_classes > 0``: the class-conditional one)."""
+        raise NotImplementedError

@@ -4,6 +4,13 @@
   decoder, for :class:`~vtss_lightning.generators.VAEGenerator`.
 * :class:`MLPDenoiser` / :class:`UNet`: noise predictors ``eps(x_t, t)`` for
   :class:`~vtss_lightning.generators.DiffusionGenerator`.
+
+Each takes ``n_classes``: 0 (the default) builds the unconditional network of one
+class, exactly as before (same layers, same initialisation for a seed); ``K > 0``
+conditions it on a class index (a one-hot input for the VAEs; for the denoisers a
+learned embedding with ``K + 1`` rows, the last the *null* class that classifier-free
+guidance trains with label dropout and samples against). The class modules are
+created after all the others, so they never shift the unconditional initialisation.
 """
 
 from __future__ import annotations
@@ -38,32 +45,52 @@ def pad_image(x: torch.Tensor, height: int, width: int, value: float = 0.0) -> t
 # ----------------------------------------------------------------------------- VAE
 
 
+def _with_class(h: torch.Tensor, y: torch.Tensor | None, n_classes: int) -> torch.Tensor:
+    """``h`` with the one-hot of ``y`` appended (``h`` itself for an unconditional net)."""
+    if not n_classes:
+        return h
+    if y is None:
+        raise ValueError("a class-conditional network needs the class labels y")
+    return torch.cat([h, F.one_hot(y, n_classes).to(h.dtype)], dim=1)
+
+
 class TabularVAENet(nn.Module):
     """MLP encoder/decoder for an encoded table.
 
     The decoder emits the means of the ``n_numeric`` (standardised) numeric columns
     followed by one logit per one-hot column; each numeric column has a learned
-    noise scale ``sigma`` in ``(0.01, 1)`` (as in TVAE), shared over rows.
+    noise scale ``sigma`` in ``(0.01, 1)`` (as in TVAE), shared over rows (and, in a
+    conditional net, one per class: encoder and decoder also read the class one-hot).
     """
 
-    def __init__(self, d_in: int, n_numeric: int, n_logits: int, width: int, latent: int):
+    def __init__(
+        self, d_in: int, n_numeric: int, n_logits: int, width: int, latent: int, n_classes: int = 0
+    ):
         super().__init__()
         self.latent = latent
         self.n_numeric = n_numeric
-        self.encoder = mlp(d_in, width, 2, 2 * latent)
-        self.decoder = mlp(latent, width, 2, n_numeric + n_logits)
+        self.n_classes = n_classes
+        self.encoder = mlp(d_in + n_classes, width, 2, 2 * latent)
+        self.decoder = mlp(latent + n_classes, width, 2, n_numeric + n_logits)
         # sigmoid(-2.2) ~ 0.1: start with a small noise scale, as TVAE does.
-        self.raw_sigma = nn.Parameter(torch.full((n_numeric,), -2.2))
+        shape = (n_classes, n_numeric) if n_classes else (n_numeric,)
+        self.raw_sigma = nn.Parameter(torch.full(shape, -2.2))
 
-    def sigma(self) -> torch.Tensor:
-        return 0.01 + 0.99 * torch.sigmoid(self.raw_sigma)
+    def sigma(self, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Noise scale per numeric column (per row's class, ``(n, n_numeric)``, with ``y``)."""
+        raw = self.raw_sigma if not self.n_classes else self.raw_sigma[y]
+        return 0.01 + 0.99 * torch.sigmoid(raw)
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encoder(x).chunk(2, dim=1)
+    def encode(
+        self, x: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encoder(_with_class(x, y, self.n_classes)).chunk(2, dim=1)
         return mu, logvar.clamp(-10.0, 10.0)
 
-    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.decoder(z)
+    def decode(
+        self, z: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.decoder(_with_class(z, y, self.n_classes))
         return out[:, : self.n_numeric], out[:, self.n_numeric :]
 
 
@@ -71,12 +98,17 @@ class ConvVAENet(nn.Module):
     """Two stride-2 convolutions down, two transposed convolutions up.
 
     Input images are padded to a multiple of 4 by the caller; ``height``/``width``
-    are the padded sizes. The decoder returns pixel logits (Bernoulli likelihood).
+    are the padded sizes. The decoder returns pixel logits (Bernoulli likelihood). A
+    conditional net appends the class one-hot to the flattened features before the
+    latent layer and to ``z`` before the decoder.
     """
 
-    def __init__(self, channels: int, height: int, width: int, base: int, latent: int):
+    def __init__(
+        self, channels: int, height: int, width: int, base: int, latent: int, n_classes: int = 0
+    ):
         super().__init__()
         self.latent = latent
+        self.n_classes = n_classes
         self.grid = (2 * base, height // 4, width // 4)
         flat = 2 * base * (height // 4) * (width // 4)
         self.encoder = nn.Sequential(
@@ -87,9 +119,9 @@ class ConvVAENet(nn.Module):
             nn.Conv2d(base, 2 * base, 4, stride=2, padding=1),
             nn.SiLU(),
             nn.Flatten(),
-            nn.Linear(flat, 2 * latent),
+            nn.Linear(flat + n_classes, 2 * latent),
         )
-        self.fc = nn.Sequential(nn.Linear(latent, flat), nn.SiLU())
+        self.fc = nn.Sequential(nn.Linear(latent + n_classes, flat), nn.SiLU())
         self.decoder = nn.Sequential(
             nn.ConvTranspose2d(2 * base, base, 4, stride=2, padding=1),
             nn.SiLU(),
@@ -98,12 +130,19 @@ class ConvVAENet(nn.Module):
             nn.Conv2d(base, channels, 3, padding=1),
         )
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encoder(x).chunk(2, dim=1)
+    def encode(
+        self, x: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.n_classes:
+            mu, logvar = self.encoder(x).chunk(2, dim=1)
+        else:
+            feats = _with_class(self.encoder[:-1](x), y, self.n_classes)
+            mu, logvar = self.encoder[-1](feats).chunk(2, dim=1)
         return mu, logvar.clamp(-10.0, 10.0)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.fc(z).reshape(-1, *self.grid))
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.fc(_with_class(z, y, self.n_classes))
+        return self.decoder(h.reshape(-1, *self.grid))
 
 
 # ------------------------------------------------------------------------ diffusion
@@ -129,10 +168,23 @@ class TimeEmbedding(nn.Module):
         return self.net(timestep_features(t, self.dim))
 
 
-class MLPDenoiser(nn.Module):
-    """TabDDPM-style MLP: residual blocks, the timestep embedding added to each."""
+class ClassEmbedding(nn.Module):
+    """``n_classes + 1`` learned vectors: one per class, the last the null class."""
 
-    def __init__(self, d: int, width: int, depth: int = 3):
+    def __init__(self, n_classes: int, dim: int):
+        super().__init__()
+        self.null = n_classes
+        self.table = nn.Embedding(n_classes + 1, dim)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.table(y)
+
+
+class MLPDenoiser(nn.Module):
+    """TabDDPM-style MLP: residual blocks, the timestep embedding (plus, conditional, the
+    class embedding) added to each."""
+
+    def __init__(self, d: int, width: int, depth: int = 3, n_classes: int = 0):
         super().__init__()
         self.time = TimeEmbedding(width)
         self.inp = nn.Linear(d, width)
@@ -146,13 +198,27 @@ class MLPDenoiser(nn.Module):
             for _ in range(depth)
         )
         self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, d))
+        self.label = ClassEmbedding(n_classes, width) if n_classes else None
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        emb = self.time(t)
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        emb = _add_class(self.time(t), self.label, y)
         h = self.inp(x)
         for block in self.blocks:
             h = h + block(h + emb)
         return self.out(h)
+
+
+def _add_class(
+    emb: torch.Tensor, label: ClassEmbedding | None, y: torch.Tensor | None
+) -> torch.Tensor:
+    """The timestep embedding plus the class embedding of ``y`` (conditional nets)."""
+    if label is None:
+        return emb
+    if y is None:
+        raise ValueError("a class-conditional denoiser needs the class labels y")
+    return emb + label(y).to(emb.dtype)
 
 
 def _groups(channels: int) -> int:
@@ -187,7 +253,9 @@ class UNet(nn.Module):
     Skips follow DDPM: every down-path output is concatenated on the way up.
     """
 
-    def __init__(self, channels: int, base: int = 32, mults: tuple[int, ...] = (1, 2)):
+    def __init__(
+        self, channels: int, base: int = 32, mults: tuple[int, ...] = (1, 2), n_classes: int = 0
+    ):
         super().__init__()
         t_dim = 4 * base
         self.time = TimeEmbedding(t_dim)
@@ -215,9 +283,12 @@ class UNet(nn.Module):
                 self.upsample.append(nn.Conv2d(ch, ch, 3, padding=1))
         self.out = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU())
         self.out_conv = nn.Conv2d(ch, channels, 3, padding=1)
+        self.label = ClassEmbedding(n_classes, t_dim) if n_classes else None
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        emb = self.time(t)
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        emb = _add_class(self.time(t), self.label, y)
         h = self.inp(x)
         hs = [h]
         for i, block in enumerate(self.down):

@@ -1,4 +1,5 @@
-"""A variational autoencoder per minority class: MLP for tables, small CNN for images."""
+"""A variational autoencoder per minority class (or one class-conditional VAE of every
+class): MLP for tables, small CNN for images."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from vtss_lightning.errors import VTSSError
 from vtss_lightning.generators._common import check_float, check_int, cpu_generator
 from vtss_lightning.generators._deep import (
     TRAIN_PARAMS,
+    OneNetGenerator,
     TrainSettings,
     autocast,
     autocast_dtype,
@@ -22,7 +24,6 @@ from vtss_lightning.generators._deep import (
     in_chunks,
     train_settings,
 )
-from vtss_lightning.generators.base import SyntheticGenerator
 from vtss_lightning.generators.nets import ConvVAENet, TabularVAENet, pad_image, padded_size
 
 #: Default optimizer steps when neither ``steps`` nor ``epochs`` is given.
@@ -30,13 +31,16 @@ DEFAULT_STEPS = {"table": 1500, "image": 1000}
 DEFAULT_BATCH = {"table": 128, "image": 64}
 
 
-class VAEGenerator(SyntheticGenerator):
+class VAEGenerator(OneNetGenerator):
     """A VAE fitted to one class's rows; samples decode ``z ~ N(0, I)``.
 
-    The DataModule fits one copy per minority class on that class's training rows
-    (one unconditional model per class rather than one class-conditional model: it
-    keeps every class's generator blind to the other classes and fits the generator
-    contract unchanged). The variant is chosen from the schema:
+    By default the DataModule fits one copy per minority class on that class's
+    training rows (one unconditional model per class: every class's generator is
+    blind to the other classes). With ``conditional=True`` it is one conditional VAE
+    (CVAE, Sohn et al. 2015) fitted once per split on the training rows of *every*
+    class, encoder and decoder reading the class one-hot; class ``k`` is sampled by
+    decoding ``z ~ N(0, I)`` with label ``k``, so small classes borrow the shape the
+    classes share. The variant is chosen from the schema:
 
     * **table** (``schema.image_shape is None``): MLP encoder/decoder (two hidden
       layers of ``width``). Numeric columns are standardised on the class rows and
@@ -80,6 +84,11 @@ class VAEGenerator(SyntheticGenerator):
         Print the mean loss every ``log_every`` steps (``loss_history_`` keeps them).
     sample_batch
         Rows decoded at once when sampling.
+    conditional
+        ``False`` (default): one model per class (:meth:`fit`). ``True``: one model of
+        every class (:meth:`fit_labelled`, ``sample(n, seed, label=k)``); numeric
+        columns are then standardised on the rows of all classes, each class has its
+        own learned noise scales, and the training budget is shared by all classes.
     """
 
     name: ClassVar[str] = "vae"
@@ -100,6 +109,7 @@ class VAEGenerator(SyntheticGenerator):
         verbose: bool = False,
         log_every: int = 100,
         sample_batch: int = 4096,
+        conditional: bool = False,
     ) -> None:
         super().__init__()
         who = "VAEGenerator"
@@ -124,6 +134,9 @@ class VAEGenerator(SyntheticGenerator):
             raise VTSSError(f"{who}: categorical must be 'sample' or 'argmax', got {categorical!r}")
         self.categorical = categorical
         self.sample_batch = check_int(who, "sample_batch", sample_batch, 1)
+        if not isinstance(conditional, bool):
+            raise VTSSError(f"{who}: conditional must be True or False, got {conditional!r}")
+        self.conditional = conditional
         #: ``(step, mean training loss)`` records of the last fit.
         self.loss_history_: list[tuple[int, float]] = []
 
@@ -134,9 +147,18 @@ class VAEGenerator(SyntheticGenerator):
 
     # ----------------------------------------------------------------- fitting
 
-    def _fit(self, x: torch.Tensor, schema: FeatureSchema | None, seed: int) -> None:
+    def _fit_model(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        schema: FeatureSchema | None,
+        seed: int,
+        num_classes: int,
+    ) -> None:
+        """Fit the net (``y``, ``num_classes > 0``: the conditional one) in seeded scope."""
         assert schema is not None  # base.fit validated x and filled in the schema
         self._schema = schema
+        self._n_classes = num_classes
         self.kind_ = "image" if schema.image_shape is not None else "table"
         settings = self.settings.resolved(DEFAULT_BATCH[self.kind_], self.settings.lr or 1e-3)
         steps = settings.total_steps(x.shape[0], DEFAULT_STEPS[self.kind_])
@@ -148,7 +170,7 @@ class VAEGenerator(SyntheticGenerator):
             else:
                 loss_fn = self._build_table(x, schema, self.width or 128)
             self.loss_history_ = fit_net(
-                self.net_, loss_fn, self._train_rows, settings, steps, seed, self.name
+                self.net_, loss_fn, self._train_rows, settings, steps, seed, self.name, y=y
             )
         del self._train_rows
 
@@ -172,17 +194,17 @@ class VAEGenerator(SyntheticGenerator):
             [(x[:, self._num_idx] - self._mean) / self._std, x[:, self._cat_idx]], dim=1
         )
         n_num = len(num_cols)
-        self.net_ = TabularVAENet(x.shape[1], n_num, len(cat_cols), width, self.latent_dim).to(
-            device
-        )
+        self.net_ = TabularVAENet(
+            x.shape[1], n_num, len(cat_cols), width, self.latent_dim, self._n_classes
+        ).to(device)
         # one-hot blocks as class indices, block after block (targets for cross-entropy)
         starts = torch.tensor([0, *sizes], device=device).cumsum(0)[:-1].tolist()
         net = self.net_
 
-        def loss_fn(xb: torch.Tensor) -> torch.Tensor:
-            mu, logvar = net.encode(xb)
-            mean, logits = net.decode(self._reparameterise(mu, logvar))
-            sigma = net.sigma()
+        def loss_fn(xb: torch.Tensor, yb: torch.Tensor | None = None) -> torch.Tensor:
+            mu, logvar = net.encode(xb, yb)
+            mean, logits = net.decode(self._reparameterise(mu, logvar), yb)
+            sigma = net.sigma(yb)
             num = xb[:, :n_num]
             nll = (((num - mean.float()) / sigma) ** 2 / 2 + sigma.log()).sum(dim=1)
             cats = xb[:, n_num:]
@@ -198,13 +220,13 @@ class VAEGenerator(SyntheticGenerator):
         c, h, w = schema.image_shape  # type: ignore[misc]
         hp, wp = padded_size(h, 4), padded_size(w, 4)
         self._train_rows = x.clamp(0.0, 1.0)
-        self.net_ = ConvVAENet(c, hp, wp, width, self.latent_dim).to(x.device)
+        self.net_ = ConvVAENet(c, hp, wp, width, self.latent_dim, self._n_classes).to(x.device)
         net = self.net_
 
-        def loss_fn(xb: torch.Tensor) -> torch.Tensor:
+        def loss_fn(xb: torch.Tensor, yb: torch.Tensor | None = None) -> torch.Tensor:
             img = xb.reshape(-1, c, h, w)
-            mu, logvar = net.encode(pad_image(img, hp, wp))
-            logits = net.decode(self._reparameterise(mu, logvar))[:, :, :h, :w].float()
+            mu, logvar = net.encode(pad_image(img, hp, wp), yb)
+            logits = net.decode(self._reparameterise(mu, logvar), yb)[:, :, :h, :w].float()
             nll = F.binary_cross_entropy_with_logits(logits, img, reduction="none").sum((1, 2, 3))
             return (nll + self.beta * self._kl(mu.float(), logvar.float())).mean()
 
@@ -213,6 +235,13 @@ class VAEGenerator(SyntheticGenerator):
     # ---------------------------------------------------------------- sampling
 
     def _sample(self, n: int, seed: int) -> torch.Tensor:
+        return self._decode_prior(n, seed, None)
+
+    def _sample_class(self, n: int, seed: int, label: int) -> torch.Tensor:
+        return self._decode_prior(n, seed, label)
+
+    def _decode_prior(self, n: int, seed: int, label: int | None) -> torch.Tensor:
+        """``n`` decoded draws of ``z ~ N(0, I)`` (of class ``label`` in a conditional VAE)."""
         device = self.device
         net = self.net_.to(device)
         g = cpu_generator(seed)
@@ -222,21 +251,26 @@ class VAEGenerator(SyntheticGenerator):
 
         def chunk(m: int) -> torch.Tensor:
             z = torch.randn(m, self.latent_dim, generator=g).to(device)
+            y = None if label is None else torch.full((m,), label, device=device)
             with torch.inference_mode(), autocast(device, dtype):
-                return draw(net, z, g)
+                return draw(net, z, g, y)
 
         return in_chunks(n, self.sample_batch, chunk, width, device)
 
-    def _draw_image(self, net: ConvVAENet, z: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def _draw_image(
+        self, net: ConvVAENet, z: torch.Tensor, g: torch.Generator, y: torch.Tensor | None
+    ) -> torch.Tensor:
         c, h, w = self._schema.image_shape  # type: ignore[misc]
-        img = torch.sigmoid(net.decode(z)[:, :, :h, :w].float())
+        img = torch.sigmoid(net.decode(z, y)[:, :, :h, :w].float())
         return img.reshape(len(z), c * h * w).clamp(0.0, 1.0)
 
-    def _draw_table(self, net: TabularVAENet, z: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def _draw_table(
+        self, net: TabularVAENet, z: torch.Tensor, g: torch.Generator, y: torch.Tensor | None
+    ) -> torch.Tensor:
         device, m = z.device, len(z)
-        mean, logits = net.decode(z)
+        mean, logits = net.decode(z, y)
         eps = torch.randn(m, mean.shape[1], generator=g).to(device)
-        num = (mean.float() + eps * net.sigma().float()) * self._std.to(device) + self._mean.to(
+        num = (mean.float() + eps * net.sigma(y).float()) * self._std.to(device) + self._mean.to(
             device
         )
         out = torch.zeros(m, self._schema.n_features, device=device)
