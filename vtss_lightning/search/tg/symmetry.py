@@ -1,41 +1,10 @@
-"""The test of local symmetry: is imbalance the leading error of the pilot's head?
+"""The Wald test of local symmetry: is imbalance the leading error of the pilot's head?
 
 Under *local symmetry* (Ma & Zhang, arXiv 2601.16120, "TG-VTSS") each class's own
 risk gradient vanishes at the balanced optimum, ``g_phi = g0 - g1 = 0``, so the class
-imbalance is not the leading error and only a small synthetic size can help.
-
-Two tests of ``g_phi = 0`` are offered (:data:`TESTS`):
-
-``"chi2"`` (the paper's)
-    the Wald statistic ``T = g' V^-1 g`` (``V`` the sandwich variance of ``g_phi`` at
-    the estimated balanced head) against the ``chi2_df`` quantile.
-``"calibrated"`` (the default)
-    the same ``g_phi`` and sandwich, but measured in a fixed metric and referred to
-    an F distribution whose degrees of freedom come from the data (a Box-type,
-    ANOVA-type test: Box 1954; Brunner, Dette & Munk 1997).
-
-Why not the Wald test: ``V`` is dominated by the minority's score covariance, a
-``df x df`` matrix estimated from ``n1`` rows; its inverse is very noisy when ``n1`` is
-not large against ``df``, more so because the scores are heavy-tailed (log loss: a
-few badly fitted rows carry most of the variance) and because residuals at the
-fitted head are shrunk by the head's own fit. With ``df = 20`` the Wald test rejected
-a true symmetry 2-10 times as often as ``alpha`` even at 200-500 minority rows
-(``benchmarks/results/tg_calibration.md``). An F reference for the Wald statistic
-(Hotelling, Nel-van der Merwe) does not repair it, since the inverse's noise is
-not Wishart-like.
-
-The calibrated test therefore (1) adjusts each row's score for the head's fit to it
-(``HC2``: the residual divided by ``sqrt(1 - h_i)``, ``h_i`` the row's leverage in
-the balanced fit, which makes the squared residuals unbiased for a linear fit);
-(2) measures ``g_phi`` in the metric ``M^-1`` of the head's design second moments
-(all training rows; a fixed, well-estimated metric that, like the Wald statistic,
-does not depend on how the head is parametrised), ``S = g' M^-1 g``, whose null mean
-is ``tr(M^-1 V)``; (3) refers ``Q = S / tr(M^-1 V)`` to ``F(f, f0)``, with
-``f = tr(M^-1 V)^2 / tr((M^-1 V)^2)`` (Box's matching of the quadratic form to a
-scaled chi-square) and ``f0 = 2 tr(M^-1 V)^2 / Var(tr(M^-1 V))``, the denominator's
-effective degrees of freedom, with its variance estimated from the scores' own
-fourth moments per class (Welch-Satterthwaite; for Gaussian scores ``f0`` is
-about ``n1``, for heavy-tailed ones it is smaller).
+imbalance is not the leading error and only a small synthetic size can help. The test
+compares ``T = g_phi' V^-1 g_phi`` (``V`` the sandwich variance of ``g_phi`` at the
+estimated balanced head) with a chi-square quantile on the head's ``df`` parameters.
 
 With log loss and an intercept, ``g_phi``'s intercept component is ``2 E_P0[p(x)] > 0``,
 so local symmetry is only ever found for heads without an intercept (as in the
@@ -45,44 +14,29 @@ intercept and the test (rightly) rejects.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.tg.head_fit import psd_solve
 from vtss_lightning.search.tg.head_stats import ClassScores
 
 SYMMETRIC = "local symmetry"
 ASYMMETRIC = "local asymmetry"
 
-CALIBRATED = "calibrated"
-CHI2 = "chi2"
-#: The symmetry tests: the default first.
-TESTS = (CALIBRATED, CHI2)
-MAX_LEVERAGE = 0.99  # leverages are capped here before the HC2 adjustment
-
-
-def a_matrices(s0: ClassScores, s1: ClassScores) -> tuple[torch.Tensor, torch.Tensor]:
-    """``A0 = I - G H^-1 / 2`` and ``A1 = -I - G H^-1 / 2`` (``H = (H0 + H1)/2``, ``G = H0 - H1``).
-
-    ``g_phi`` at the estimated head moves by ``A0`` times the majority's mean-score
-    noise and by ``A1`` times the minority's.
-    """
-    h = (s0.hess + s1.hess) / 2
-    ghinv = psd_solve(h, s0.hess - s1.hess).T  # G H^-1 = (H^-1 G)' (both symmetric)
-    eye = torch.eye(len(h), dtype=h.dtype, device=h.device)
-    return eye - 0.5 * ghinv, -eye - 0.5 * ghinv
-
 
 def wald_statistic(s0: ClassScores, s1: ClassScores) -> float:
     """``T = g' V^-1 g`` with ``g = g0 - g1`` and the sandwich ``V`` of the paper.
 
-    ``V = A0 Sigma0 A0' / n0 + A1 Sigma1 A1' / n1`` accounts for the head being
-    estimated (:func:`a_matrices`).
+    ``V`` accounts for the head being estimated: with ``H = (H0 + H1)/2`` and
+    ``G = H0 - H1``, ``g`` moves by ``(I - G H^-1 / 2)`` times the majority's score
+    noise and by ``(-I - G H^-1 / 2)`` times the minority's.
     """
-    a0, a1 = a_matrices(s0, s1)
+    h = (s0.hess + s1.hess) / 2
+    ghinv = psd_solve(h, s0.hess - s1.hess).T  # G H^-1 = (H^-1 G)' (both symmetric)
+    eye = torch.eye(len(h), dtype=h.dtype, device=h.device)
+    a0 = eye - 0.5 * ghinv
+    a1 = -eye - 0.5 * ghinv
     v = a0 @ s0.cov @ a0.T / s0.n + a1 @ s1.cov @ a1.T / s1.n
     g = s0.mean - s1.mean
     return float(g.dot(psd_solve(v, g)))
@@ -90,168 +44,27 @@ def wald_statistic(s0: ClassScores, s1: ClassScores) -> float:
 
 @dataclass(frozen=True)
 class SymmetryTest:
-    """The symmetry test that ran: its statistic, cutoff, p-value and reference.
-
-    ``t_sym`` is always the paper's Wald statistic (``chi2_cutoff`` its ``chi2_df``
-    quantile), whichever test decides; ``statistic``, ``cutoff`` and ``p_value`` are
-    those of ``test``. ``df`` is the head's number of (identified) parameters;
-    ``df_num``/``df_den`` the reference's degrees of freedom (``chi2``: ``df``/``None``).
-    ``se`` is a standard error of ``statistic`` (for a Gaussian ``g_phi``, with the
-    noncentrality estimated without its noise bias), used to call the evidence weak
-    when the statistic is within ``se`` of the cutoff.
-    """
+    """Wald statistic, its chi-square cutoff, degrees of freedom and level."""
 
     t_sym: float
     cutoff: float
     df: int
     alpha: float
-    test: str = CHI2
-    statistic: float = math.nan
-    p_value: float = math.nan
-    df_num: float | None = None
-    df_den: float | None = None
-    se: float = math.nan
-    chi2_cutoff: float = math.nan
 
     @property
     def symmetric(self) -> bool:
         """Not rejected: the statistic is at or below the cutoff."""
-        stat = self.t_sym if math.isnan(self.statistic) else self.statistic
-        return stat <= self.cutoff
+        return self.t_sym <= self.cutoff
 
     @property
     def regime(self) -> str:
         return SYMMETRIC if self.symmetric else ASYMMETRIC
 
-    @property
-    def weak(self) -> bool:
-        """The statistic lies within one standard error of the cutoff."""
-        return bool(abs(self.statistic - self.cutoff) <= self.se)
 
-    def describe(self) -> str:
-        """One clause: test, statistic vs cutoff, reference, p-value."""
-        rel = "<=" if self.symmetric else ">"
-        if self.test == CHI2:
-            ref = f"chi2_{self.df}"
-            name = "Wald T"
-        else:
-            ref = f"F({self.df_num:.3g}, {_fmt_df(self.df_den)})"
-            name = "Q"
-        return (
-            f"{self.test} test: {name} = {self.statistic:.4g} {rel} cutoff {self.cutoff:.4g} "
-            f"({ref}, alpha = {self.alpha:g}), p = {self.p_value:.3g}"
-        )
-
-
-def _fmt_df(df: float | None) -> str:
-    return "inf" if df is None or not math.isfinite(df) else f"{df:.3g}"
-
-
-# ------------------------------------------------------------ the calibrated test
-@dataclass(frozen=True)
-class BoxStatistic:
-    """``Q = S / tr(M^-1 V)`` and its reference ``F(f, f0)`` (see the module doc)."""
-
-    q: float
-    f: float
-    f0: float
-    se: float
-
-
-def hc2_scores(s0: ClassScores, s1: ClassScores) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each class's scores with the residual divided by ``sqrt(1 - h_i)``.
-
-    ``h_i = w_i mu'_i z_i' H^-1 z_i`` (``w_i = 1 / 2 n_k``, ``H = (H0 + H1) / 2``, the
-    balanced fit's Hessian) is row ``i``'s leverage in the balanced head: its residual
-    at the fitted head is shrunk by about ``1 - h_i`` against the true head's; the
-    leverages add up to the head's rank.
-    """
-    h = (s0.hess + s1.hess) / 2
-    out = []
-    for s in (s0, s1):
-        z = s.design
-        lev = s.curvature * (z * psd_solve(h, z.T).T).sum(1) / (2 * s.n)
-        lev = lev.clamp(0.0, MAX_LEVERAGE)
-        out.append((s.resid / (1 - lev).sqrt())[:, None] * z)
-    return out[0], out[1]
-
-
-def box_statistic(
-    s0: ClassScores, s1: ClassScores, hc2: bool = True, fourth_moments: bool = True
-) -> BoxStatistic:
-    """The calibrated test's statistic and degrees of freedom (needs ``design`` etc.).
-
-    ``hc2`` and ``fourth_moments`` switch off the leverage adjustment and the
-    data-driven ``f0`` (then the Gaussian ``f0 = tr(V)^2 / sum_k tr(V_k^2) / (n_k - 1)``);
-    both are on in the test, off only to measure what each contributes.
-    """
-    if s0.design is None or s1.design is None:
-        raise VTSSError("the calibrated symmetry test needs the rows' design and residuals")
-    a0, a1 = a_matrices(s0, s1)
-    second = (s0.design.T @ s0.design + s1.design.T @ s1.design) / (s0.n + s1.n)
-    chol = torch.linalg.cholesky((second + second.T) / 2)
-    parts, var_tr = [], 0.0
-    scores_k = hc2_scores(s0, s1) if hc2 else (s0.z, s1.z)
-    for a, scores in zip((a0, a1), scores_k, strict=True):
-        n = len(scores)
-        centred = scores - scores.mean(0)
-        # rows y_i with sum_i y_i y_i' = C^-1 A Sigma A' C^-T / n (C C' = M)
-        y = torch.linalg.solve_triangular(chol, a @ centred.T, upper=False).T
-        y = y / math.sqrt(n * max(n - 1, 1))
-        parts.append(y.T @ y)
-        if fourth_moments:
-            u = y.pow(2).sum(1)  # row shares of tr(M^-1 V_k)
-            var_tr += float(n * u.var()) if n > 1 else 0.0
-        else:
-            var_tr += 2 * float((parts[-1] * parts[-1]).sum()) / max(n - 1, 1)
-    v = parts[0] + parts[1]
-    g = torch.linalg.solve_triangular(chol, (s0.mean - s1.mean)[:, None], upper=False)[:, 0]
-    tr_v, tr_v2 = float(torch.trace(v)), float((v * v).sum())
-    if not tr_v > 0:
-        q = 0.0 if float(g.abs().max()) == 0 else math.inf
-        return BoxStatistic(q, 1.0, math.inf, 0.0)
-    f = tr_v**2 / tr_v2
-    f0 = 2 * tr_v**2 / var_tr if var_tr > 0 else math.inf
-    # Var(g' g) = 2 tr(V^2) + 4 mu' V mu for g ~ N(mu, V); E[g' V g] = mu' V mu + tr(V^2)
-    se = math.sqrt(2 * tr_v2 + 4 * max(float(g.dot(v @ g)) - tr_v2, 0.0)) / tr_v
-    return BoxStatistic(float(g.dot(g)) / tr_v, f, f0, se)
-
-
-def _f_reference(q: float, f: float, f0: float, alpha: float) -> tuple[float, float]:
-    """Cutoff and p-value of ``q`` against ``F(f, f0)`` (``f0 = inf``: ``chi2_f / f``)."""
-    from scipy.stats import chi2
-    from scipy.stats import f as f_dist
-
-    if math.isfinite(f0):
-        return float(f_dist.ppf(1 - alpha, f, f0)), float(f_dist.sf(q, f, f0))
-    return float(chi2.ppf(1 - alpha, f) / f), float(chi2.sf(q * f, f))
-
-
-# -------------------------------------------------------------------- driver
-def symmetry_test(
-    s0: ClassScores, s1: ClassScores, df: int, alpha: float, test: str = CALIBRATED
-) -> SymmetryTest:
-    """Test ``g_phi = 0`` at level ``alpha`` with ``test`` (one of :data:`TESTS`).
-
-    ``"chi2"`` is the paper's Wald test against ``chi2_df``; ``"calibrated"`` the
-    Box-type test of the module doc. The Wald statistic is computed either way.
-    """
+def symmetry_test(s0: ClassScores, s1: ClassScores, df: int, alpha: float) -> SymmetryTest:
+    """Test ``g_phi = 0`` at level ``alpha`` against ``chi2_df``."""
     from scipy.stats import chi2
 
-    if test not in TESTS:
-        raise VTSSError(f"symmetry test must be one of {', '.join(TESTS)}, got {test!r}")
     t_sym = wald_statistic(s0, s1)
-    chi2_cutoff = float(chi2.ppf(1 - alpha, df))
-    common = {"df": int(df), "alpha": float(alpha), "test": test, "chi2_cutoff": chi2_cutoff}
-    if test == CHI2:
-        se = math.sqrt(2 * df + 4 * max(t_sym - df, 0.0)) if math.isfinite(t_sym) else math.inf
-        return SymmetryTest(
-            t_sym, chi2_cutoff, statistic=t_sym, p_value=float(chi2.sf(t_sym, df)),
-            df_num=float(df), df_den=None, se=se, **common,
-        )  # fmt: skip
-    box = box_statistic(s0, s1)
-    cutoff, p_value = _f_reference(box.q, box.f, box.f0, alpha)
-    return SymmetryTest(
-        t_sym, cutoff, statistic=box.q, p_value=p_value, df_num=box.f,
-        df_den=box.f0 if math.isfinite(box.f0) else None, se=box.se, **common,
-    )  # fmt: skip
+    cutoff = float(chi2.ppf(1 - alpha, df))
+    return SymmetryTest(t_sym, cutoff, int(df), float(alpha))
