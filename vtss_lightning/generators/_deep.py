@@ -315,3 +315,20 @@ class OneNetGenerator(SyntheticGenerator):
     ) -> None:
         """Train the network (``y``, ``num_classes > 0``: the class-conditional one)."""
         raise NotImplementedError
+
+    def _sample(self, n: int, seed: int) -> torch.Tensor:
+        return self._generate(n, seed, None)
+
+    def _sample_class(self, n: int, seed: int, label: int) -> torch.Tensor:
+        return self._generate(n, seed, label)
+
+    def _generate(self, n: int, seed: int, label: int | None) -> torch.Tensor:
+        """``n`` rows from the trained network (of class ``label`` when conditional)."""
+        raise NotImplementedError
+
+    def _keep_train_settings(self, s: TrainSettings) -> None:
+        """Store the validated optimisation settings as the parameters they came from."""
+        self.steps, self.epochs, self.batch_size, self.lr = s.steps, s.epochs, s.batch_size, s.lr
+        self.weight_decay, self.precision = s.weight_decay, s.precision
+        self.verbose, self.log_every = s.verbose, s.log_every
+        self.ema = s.ema

@@ -190,10 +190,7 @@ class DiffusersGenerator(OneNetGenerator):
             log_every=log_every,
             ema=ema,
         )
-        self.steps, self.epochs, self.batch_size, self.lr = s.steps, s.epochs, s.batch_size, s.lr
-        self.weight_decay, self.precision = s.weight_decay, s.precision
-        self.verbose, self.log_every = s.verbose, s.log_every
-        self.ema = s.ema
+        self._keep_train_settings(s)
         self.sample_batch = check_int(who, "sample_batch", sample_batch, 1)
         #: ``(step, mean training loss)`` records of the last fit (empty with ``train=False``).
         self.loss_history_: list[tuple[int, float]] = []
@@ -371,13 +368,7 @@ class DiffusersGenerator(OneNetGenerator):
 
     # ---------------------------------------------------------------- sampling
 
-    def _sample(self, n: int, seed: int) -> torch.Tensor:
-        return self._denoise(n, seed, None)
-
-    def _sample_class(self, n: int, seed: int, label: int) -> torch.Tensor:
-        return self._denoise(n, seed, label)
-
-    def _denoise(self, n: int, seed: int, label: int | None) -> torch.Tensor:
+    def _generate(self, n: int, seed: int, label: int | None) -> torch.Tensor:
         """``n`` images (of class ``label``, guided) from ``inference_steps`` scheduler steps."""
         device = self.device
         unet = self.unet_.to(device)

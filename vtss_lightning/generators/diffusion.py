@@ -210,10 +210,7 @@ class DiffusionGenerator(OneNetGenerator):
             log_every=log_every,
             ema=ema,
         )
-        self.steps, self.epochs, self.batch_size, self.lr = s.steps, s.epochs, s.batch_size, s.lr
-        self.weight_decay, self.precision = s.weight_decay, s.precision
-        self.verbose, self.log_every = s.verbose, s.log_every
-        self.ema = s.ema
+        self._keep_train_settings(s)
         self.width = None if width is None else check_int(who, "width", width, 1)
         self.timesteps = check_int(who, "timesteps", timesteps, 2)
         if schedule not in ("cosine", "linear"):
@@ -318,13 +315,7 @@ class DiffusionGenerator(OneNetGenerator):
 
     # ---------------------------------------------------------------- sampling
 
-    def _sample(self, n: int, seed: int) -> torch.Tensor:
-        return self._denoise(n, seed, None)
-
-    def _sample_class(self, n: int, seed: int, label: int) -> torch.Tensor:
-        return self._denoise(n, seed, label)
-
-    def _denoise(self, n: int, seed: int, label: int | None) -> torch.Tensor:
+    def _generate(self, n: int, seed: int, label: int | None) -> torch.Tensor:
         """``n`` DDIM samples (of class ``label``, guided, in a conditional model)."""
         device = self.device
         g = cpu_generator(seed)

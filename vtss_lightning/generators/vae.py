@@ -234,13 +234,7 @@ class VAEGenerator(OneNetGenerator):
 
     # ---------------------------------------------------------------- sampling
 
-    def _sample(self, n: int, seed: int) -> torch.Tensor:
-        return self._decode_prior(n, seed, None)
-
-    def _sample_class(self, n: int, seed: int, label: int) -> torch.Tensor:
-        return self._decode_prior(n, seed, label)
-
-    def _decode_prior(self, n: int, seed: int, label: int | None) -> torch.Tensor:
+    def _generate(self, n: int, seed: int, label: int | None) -> torch.Tensor:
         """``n`` decoded draws of ``z ~ N(0, I)`` (of class ``label`` in a conditional VAE)."""
         device = self.device
         net = self.net_.to(device)
