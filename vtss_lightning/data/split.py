@@ -122,7 +122,7 @@ def holdout_indices(
     )
     missing = set(range(num_classes)) - set(y[val_idx].tolist())
     if missing:
-        names = [classes[k] for k in sorted(missing)]
+        names = "[" + ", ".join(label_text(classes[k]) for k in sorted(missing)) + "]"
         raise VTSSError(
             f"the validation split has no rows of class(es) {names}; raise val_fraction "
             "or use folds= on the VTSSCallback"
