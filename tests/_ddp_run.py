@@ -1,11 +1,16 @@
 """Run one VTSS fit, on one CPU device or two (``ddp_spawn``, gloo); used by the tests.
 
 ``python tests/_ddp_run.py ROOT DEVICES STRATEGY``: the report lands in ``ROOT``.
+The user's callbacks around VTSSCallback make candidates validate (their torchmetrics
+must not wait for the idle rank), slow rank 0 down before the report, and record on
+every rank whether the report existed when its ``on_fit_end`` ran
+(``ROOT/report_seen-RANK``).
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -15,6 +20,19 @@ from helpers import tabular_dm  # noqa: E402
 
 from vtss_lightning import VTSSCallback  # noqa: E402
 from vtss_lightning.models import TabularClassifier  # noqa: E402
+
+
+class SlowRankZero(pl.Callback):
+    def on_fit_end(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            time.sleep(2)
+
+
+class ReportSeen(pl.Callback):
+    def on_fit_end(self, trainer, pl_module):
+        root = Path(trainer.default_root_dir)
+        seen = (root / "vtss_report.json").exists()
+        (root / f"report_seen-{trainer.global_rank}").write_text(str(seen))
 
 
 def main(root: str, devices: int, strategy: str) -> None:
@@ -30,7 +48,11 @@ def main(root: str, devices: int, strategy: str) -> None:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[VTSSCallback(ratios=[0, 1, 2], progress=False, folds=None)],
+        callbacks=[
+            SlowRankZero(),
+            VTSSCallback(ratios=[0, 1, 2], progress=False, folds=None),
+            ReportSeen(),
+        ],
     )
     trainer.fit(TabularClassifier(hidden_dims=[8], optimizer="adamw", lr=0.01), datamodule=dm)
 

@@ -288,8 +288,9 @@ def test_verbose_search_prints_a_line_per_candidate(tmp_path, capsys):
 
 
 def test_two_cpu_devices_search_once_and_match_one_device(tmp_path):
-    """devices=2 with ddp_spawn (gloo): one search (on rank 0), a clean end, and the
-    same selection, losses and test metrics as on one device."""
+    """devices=2 with ddp_spawn (gloo): one search (on rank 0, its validated candidates'
+    metrics not waiting for rank 1), every rank leaving fit after the report is
+    written, and the same selection, losses and test metrics as on one device."""
     import subprocess
     import sys
 
@@ -301,9 +302,11 @@ def test_two_cpu_devices_search_once_and_match_one_device(tmp_path):
             [sys.executable, str(script), str(root), str(devices), strategy],
             capture_output=True,
             text=True,
-            timeout=600,
+            timeout=300,
         )
         assert done.returncode == 0, done.stderr[-2000:]
+        for rank in range(devices):
+            assert (root / f"report_seen-{rank}").read_text() == "True"
         outputs.append(done.stdout)
         reports.append(json.loads((root / "vtss_report.json").read_text()))
     one, two = reports

@@ -13,6 +13,7 @@ from vtss_lightning.search.final_rows import validation_monitors
 from vtss_lightning.search.loggers import log_search
 from vtss_lightning.search.objective import minority_class, test_metrics
 from vtss_lightning.search.progress import PROGRESS_NAME, remove_progress
+from vtss_lightning.search.ranks import on_rank_zero
 from vtss_lightning.search.report import VTSSResult
 from vtss_lightning.search.run import run_search, use_selected_size
 from vtss_lightning.search.sample_grid import write_sample_grid
@@ -206,20 +207,20 @@ class VTSSCallback(_lightning.dual_base("Callback")):
     def _search(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm) -> VTSSResult:
         """The search, on rank 0 only under several devices, its result sent to every rank."""
         settings = TrainerSettings.from_trainer(trainer)
-        settings.callbacks = candidate_callbacks(
-            trainer.callbacks, self.config.candidate_callbacks
-        )
-        result = None
-        if trainer.is_global_zero:
+        settings.callbacks = candidate_callbacks(trainer.callbacks, self.config.candidate_callbacks)
+
+        def search() -> VTSSResult:
             bar = trainer.progress_bar_callback is not None  # the trainer's enable_progress_bar
             path = self._progress_file(trainer)
             monitors = validation_monitors(trainer)
             result = run_search(
                 self.config, dm, pl_module, settings, path, bar=bar, monitors=monitors
             )
-        if trainer.world_size > 1:
-            result = trainer.strategy.broadcast(result, src=0)
-        return result
+            if trainer.world_size > 1 and result.final_state is not None:
+                result.final_state = {k: v.cpu() for k, v in result.final_state.items()}
+            return result
+
+        return on_rank_zero(trainer, search)
 
     def _reuse_winner(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
         """Load the winner's weights into the module instead of training it again."""
@@ -247,8 +248,12 @@ class VTSSCallback(_lightning.dual_base("Callback")):
         if self.result is None:
             return
         folder = report_dir(trainer)  # on every rank: log_dir is a collective under DDP
-        if not trainer.is_global_zero:
-            return
+        # written by rank 0; no rank leaves fit before the report exists (or its error)
+        on_rank_zero(trainer, lambda: self._write_report(trainer, pl_module, folder))
+
+    def _write_report(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, folder: Path
+    ) -> None:
         dm = trainer.datamodule
         if dm.has_test:
             positive = minority_class(dm.holdout.class_counts)  # binary AUPRC/AUROC's class

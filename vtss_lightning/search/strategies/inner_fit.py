@@ -22,6 +22,7 @@ from typing import Any
 
 from vtss_lightning import _lightning
 from vtss_lightning._random import seeded
+from vtss_lightning.search.ranks import local_metrics
 from vtss_lightning.search.strategies.settings import TrainerSettings
 
 #: A LightningModule of either Lightning package (see :mod:`vtss_lightning._lightning`).
@@ -146,10 +147,12 @@ def fit_candidate(
     """The one inner-fit recipe: a fresh isolated Trainer, quiet, RNG seeded and restored.
 
     Every strategy, the TG pilot and the class-weight baseline train through here, so
-    a candidate is the same fit whichever of them runs it. With the user's ``dm`` the
-    module sees it as ``self.trainer.datamodule`` (with the candidate's ``sizes``).
+    a candidate is the same fit whichever of them runs it. Under several devices it
+    runs on rank 0 alone, its torchmetrics unsynced (:func:`.ranks.local_metrics`).
+    With the user's ``dm`` the module sees it as ``self.trainer.datamodule`` (with the
+    candidate's ``sizes``).
     """
-    with seeded(seed), quiet_lightning():
+    with seeded(seed), quiet_lightning(), local_metrics(model):
         trainer = settings.build(fraction, max_steps, module=model)
         if dm is None:
             trainer.fit(model, train_dataloaders=loader)
