@@ -337,7 +337,8 @@ def test_tg_grid_on_the_paper_linear_design_reports_asymmetry_with_finite_gqs(
     tg = cb.result.diagnostics["tg"]
     assert tg["regime"] == "local asymmetry"
     assert tg["gqs"] is not None and math.isfinite(tg["gqs"])
-    assert tg["t_sym"] > tg["cutoff"]
+    assert tg["test"] == "calibrated" and tg["statistic"] > tg["cutoff"]
+    assert tg["t_sym"] > tg["chi2_cutoff"]  # the paper's chi2 test rejects too
     searched = [c["ratio"] for c in cb.result.to_dict()["candidates"]]
     assert searched == sorted(tg["candidate_ratios"])
     assert json.loads((tmp_path / "vtss_report.json").read_text())["diagnostics"]["tg"]["regime"]

@@ -287,6 +287,14 @@ def test_verbose_search_prints_a_line_per_candidate(tmp_path, capsys):
     assert len(progress_lines(capsys.readouterr().out)) == len(RATIOS)
 
 
+def _gloo_teardown_abort(done, root: Path, devices: int) -> bool:
+    """A worker killed by gloo's "terminate called without an active exception" while
+    the interpreter exits, after every rank finished fit (the report seen by all):
+    torch's process-group teardown, seen once in CI, not this package's behaviour."""
+    finished = all((root / f"report_seen-{r}").exists() for r in range(devices))
+    return done.returncode != 0 and finished and "terminate called without" in done.stderr
+
+
 def test_two_cpu_devices_search_once_and_match_one_device(tmp_path):
     """devices=2 with ddp_spawn (gloo): one search (on rank 0, its validated candidates'
     metrics not waiting for rank 1), every rank leaving fit after the report is
@@ -297,13 +305,16 @@ def test_two_cpu_devices_search_once_and_match_one_device(tmp_path):
     script = Path(__file__).with_name("_ddp_run.py")
     reports, outputs = [], []
     for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
-        root = tmp_path / f"d{devices}"
-        done = subprocess.run(
-            [sys.executable, str(script), str(root), str(devices), strategy],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        for attempt in range(2):
+            root = tmp_path / f"d{devices}-{attempt}"
+            done = subprocess.run(
+                [sys.executable, str(script), str(root), str(devices), strategy],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            if not _gloo_teardown_abort(done, root, devices):
+                break  # one retry only for gloo's abort at process exit, after a clean fit
         assert done.returncode == 0, done.stderr[-2000:]
         for rank in range(devices):
             assert (root / f"report_seen-{rank}").read_text() == "True"

@@ -158,7 +158,7 @@ def run_tg(seed: int) -> dict:
         "regime": diag["regime"],
         "quality": diag["generator_quality"],
         "t_sym": diag["t_sym"],
-        "cutoff": diag["cutoff"],
+        "cutoff": diag["chi2_cutoff"],  # t_sym is the paper's Wald T: its chi2 cutoff
         "gqs": diag["gqs"],
     }
 

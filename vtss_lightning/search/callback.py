@@ -95,6 +95,17 @@ class VTSSCallback(_lightning.dual_base("Callback")):
         monitors a metric (it needs validation rows) or after hold-out selection.
         ``"all"`` / ``"train"`` force either. The report's
         ``diagnostics.final_rows`` says which and why.
+    tg_test, tg_join_weak, tg_head_loss
+        ``grid="tg"`` only. ``tg_test``: ``"calibrated"`` (default: a Box-type test
+        with an F reference that holds its level on small minorities,
+        ``benchmarks/results/tg_calibration.md``) or ``"chi2"`` (the paper's Wald test,
+        oversized below a few thousand minority rows). ``tg_join_weak`` (default
+        ``True``): when the test or the generator-quality score is within one standard
+        error of its threshold, search both regimes' candidates and say why
+        (``False``: the paper's one-sided grid). ``tg_head_loss``: the loss the last
+        layer is refitted with, ``None`` (read from the pilot), ``"log"``,
+        ``"squared"`` (0/1 targets) or ``"squared_pm"`` (+-1 targets, the paper's
+        squared-loss designs).
     extend_grid, max_ratio
         With the default grid, when the largest candidate wins, add one at twice its
         ratio and search on, up to ``max_ratio`` times each class's gap (a grid that
@@ -148,6 +159,9 @@ class VTSSCallback(_lightning.dual_base("Callback")):
         extend_grid: bool = True,
         max_ratio: float = 4.0,
         final_rows: Literal["auto", "all", "train"] = "auto",
+        tg_test: Literal["calibrated", "chi2"] = "calibrated",
+        tg_join_weak: bool = True,
+        tg_head_loss: Literal["log", "squared", "squared_pm"] | None = None,
     ) -> None:
         self.config = SearchConfig(
             ratios=ratios,
@@ -169,6 +183,9 @@ class VTSSCallback(_lightning.dual_base("Callback")):
             extend_grid=extend_grid,
             max_ratio=max_ratio,
             final_rows=final_rows,
+            tg_test=tg_test,
+            tg_join_weak=tg_join_weak,
+            tg_head_loss=tg_head_loss,
         )
         self.result: VTSSResult | None = None
         self._fit_started: float | None = None

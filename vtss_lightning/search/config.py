@@ -22,6 +22,10 @@ GRIDS = ("default", "tg")
 SNAPSHOTS = ("best", "last")
 #: Which rows the final model trains on (see :mod:`vtss_lightning.search.final_rows`).
 FINAL_ROWS = ("auto", "all", "train")
+#: Tests of local symmetry and head losses of ``grid="tg"`` (see :mod:`.tg.symmetry`,
+#: :mod:`.tg.head_fit`; kept here so a config is checked without importing scipy).
+TG_TESTS = ("calibrated", "chi2")
+TG_HEAD_LOSSES = ("log", "squared", "squared_pm")
 
 #: Settings that do not change any candidate's score (left out of the fingerprint).
 NOT_SCORING = ("verbose", "progress", "progress_path", "refit", "final_rows")
@@ -50,6 +54,9 @@ class SearchConfig:
     extend_grid: bool = True
     max_ratio: float = 4.0
     final_rows: str = "auto"
+    tg_test: str = "calibrated"
+    tg_join_weak: bool = True
+    tg_head_loss: str | None = None
 
     def __post_init__(self) -> None:
         if self.ratios is not None:
@@ -58,6 +65,7 @@ class SearchConfig:
             object.__setattr__(self, "sizes", tuple(dict(s) for s in self.sizes))
         object.__setattr__(self, "halving_eta", float(self.halving_eta))
         object.__setattr__(self, "refit", bool(self.refit))
+        object.__setattr__(self, "tg_join_weak", bool(self.tg_join_weak))
         if self.candidate_callbacks is not None:
             names = tuple(str(n) for n in self.candidate_callbacks)
             object.__setattr__(self, "candidate_callbacks", names)
@@ -123,6 +131,12 @@ def _check_grid(cfg: SearchConfig) -> None:
             raise VTSSError(f"ratios must be finite and >= 0, got {bad}")
     if cfg.sizes is not None and not cfg.sizes:
         raise VTSSError("sizes= is empty; give at least one candidate")
+    _one_of("tg_test", cfg.tg_test, TG_TESTS)
+    if cfg.tg_head_loss is not None:
+        _one_of("tg_head_loss", cfg.tg_head_loss, TG_HEAD_LOSSES)
+    tg_set = cfg.tg_test != "calibrated" or not cfg.tg_join_weak or cfg.tg_head_loss
+    if tg_set and cfg.grid != "tg":
+        raise VTSSError('tg_test, tg_join_weak and tg_head_loss apply to grid="tg" only')
 
 
 def _check_validation(cfg: SearchConfig) -> None:

@@ -59,7 +59,10 @@ def run_search(
     if config.grid == "tg":
         from vtss_lightning.search.tg import run_tg_diagnostics  # binary tasks only
 
-        tg = run_tg_diagnostics(module, dm, settings, config.seed, config.verbose)
+        tg = run_tg_diagnostics(
+            module, dm, settings, config.seed, config.verbose, test=config.tg_test,
+            join_weak=config.tg_join_weak, head_loss=config.tg_head_loss,
+        )  # fmt: skip
         ratios = tuple(tg.candidate_ratios)
     engine = SearchEngine(config, ratios=ratios, plan=plan)
     scorer = make_scorer(config, module, settings, keep_states=config.reuses_winner)

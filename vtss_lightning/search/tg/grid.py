@@ -5,6 +5,9 @@ size lies: near zero under local symmetry, near full balance and near
 ``n~* = gap / (1 - 2 rho)`` for a realistic generator, and anywhere up to twice the
 gap for a biased one (where the estimate of ``n~*`` is not to be trusted), so the
 grid spends its candidates there instead of on a fixed ratio grid.
+
+When the evidence is weak (the symmetry test or the GQS within one standard error of
+its threshold) the grid does not bet on one side: it joins both sides' candidates.
 """
 
 from __future__ import annotations
@@ -36,7 +39,11 @@ def theory_target(gap: int, rho: float) -> float:
 
 
 def tg_candidate_ratios(
-    regime: str, generator_quality: str | None, target_share: float | None = None
+    regime: str,
+    generator_quality: str | None,
+    target_share: float | None = None,
+    weak_test: bool = False,
+    weak_quality: bool = False,
 ) -> list[float]:
     """The TG grid (shares of the gap) for a regime, quality and ``n~*/gap``.
 
@@ -44,12 +51,30 @@ def tg_candidate_ratios(
     ``{0.80, ..., 1.20}`` around full balance, united with the same multipliers of
     ``target_share`` when it is finite and positive (0 is not added). Biased
     generator: ``{0, 0.05, ..., 2.00}``.
+
+    Weak evidence joins both sides: ``weak_test`` (the symmetry test near its
+    cutoff) unites the symmetric grid with the asymmetric one, whatever ``regime``
+    says; ``weak_quality`` (the GQS near ``tau``) unites the realistic and the biased
+    grids. A missing ``generator_quality`` under ``weak_test`` counts as biased.
     """
-    if regime == SYMMETRIC:
+    if regime == SYMMETRIC and not weak_test:
         return list(SYMMETRIC_RATIOS)
-    if generator_quality == BIASED:
-        return list(WIDE_RATIOS)
-    grid = set(LOCAL_MULTIPLIERS)
-    if target_share is not None and math.isfinite(target_share) and target_share > 0:
-        grid |= {round(m * target_share, 4) for m in LOCAL_MULTIPLIERS}
+    if generator_quality is None and weak_test:
+        generator_quality = BIASED
+    grid = _asymmetric_grid(generator_quality, target_share, weak_quality)
+    if weak_test:
+        grid |= set(SYMMETRIC_RATIOS)
     return sorted(grid)
+
+
+def _asymmetric_grid(
+    generator_quality: str | None, target_share: float | None, weak_quality: bool
+) -> set[float]:
+    local = set(LOCAL_MULTIPLIERS)
+    if target_share is not None and math.isfinite(target_share) and target_share > 0:
+        local |= {round(m * target_share, 4) for m in LOCAL_MULTIPLIERS}
+    if weak_quality:
+        return local | set(WIDE_RATIOS)
+    if generator_quality == BIASED:
+        return set(WIDE_RATIOS)
+    return local

@@ -5,6 +5,14 @@ The diagnostics (Ma & Zhang, arXiv 2601.16120, "TG-VTSS") are evaluated at the
 balanced-weighted loss (weights ``1/2n0``, ``1/2n1``), so that ``g0 + g1 = 0`` there.
 This module refits that head in float64, for the log loss (L-BFGS, then Newton) or
 the squared loss (closed form), in well-conditioned whitened coordinates.
+
+The squared loss comes in two target codings. ``"squared"`` regresses on the 0/1
+labels (``TabularClassifier(loss="mse")``); ``"squared_pm"`` on ``t = 2y - 1 in
+{-1, +1}``, the coding of the paper's squared-loss experiments. With an intercept the
+two give the same test and score (the scores differ by a factor 2), but without one
+they are different problems: in the mean-shift design ``X = -+mu + xi`` of experiment
+5 the +-1 head is locally symmetric and the 0/1 head is not (its majority risk is
+minimised at ``w = 0``).
 """
 
 from __future__ import annotations
@@ -16,8 +24,9 @@ from torch import nn
 from vtss_lightning.errors import VTSSError
 
 #: Losses the head can be refitted with: the pilot's own (log loss, or squared loss
-#: for ``TabularClassifier(loss="mse")``).
-HEAD_LOSSES = ("log", "squared")
+#: for ``TabularClassifier(loss="mse")``), or the squared loss on +-1 targets.
+HEAD_LOSSES = ("log", "squared", "squared_pm")
+SQUARED_LOSSES = ("squared", "squared_pm")
 RANK_TOL = 1e-10  # eigenvalues of the normalised Gram matrix below this (relative) are dropped
 
 
@@ -133,21 +142,38 @@ def fit_least_squares(
     return psd_solve((z * w[:, None]).T @ z + ridge * eye, z.T @ (w * yb))
 
 
+def head_target(label, loss: str):
+    """The regression target of 0/1 ``label`` (a float or a tensor) under ``loss``.
+
+    ``2 label - 1`` for ``"squared_pm"``, the label itself otherwise.
+    """
+    return 2 * label - 1 if loss == "squared_pm" else label
+
+
+def check_head_loss(loss: str) -> str:
+    """``loss`` if it is one of :data:`HEAD_LOSSES`, else a :class:`VTSSError`."""
+    if loss not in HEAD_LOSSES:
+        raise VTSSError(f"head loss must be one of {', '.join(HEAD_LOSSES)}, got {loss!r}")
+    return loss
+
+
 def fit_head(z: torch.Tensor, yb: torch.Tensor, w: torch.Tensor, loss: str = "log") -> torch.Tensor:
     """The balanced head in coordinates ``z`` under ``loss`` (one of HEAD_LOSSES)."""
-    if loss == "log":
+    if check_head_loss(loss) == "log":
         return fit_logistic(z, yb, w)
-    if loss == "squared":
-        return fit_least_squares(z, yb, w)
-    raise VTSSError(f"head loss must be one of {', '.join(HEAD_LOSSES)}, got {loss!r}")
+    return fit_least_squares(z, head_target(yb, loss), w)
 
 
 def pilot_head_loss(pilot: nn.Module) -> str:
-    """``"squared"`` for models trained on the squared loss (``loss="mse"``), else log.
+    """The head's loss for ``pilot``: its own, so the scores are those it trains on.
 
-    The head is refitted with the pilot's own loss, since the theory's scores and
-    Hessians are those of the loss being trained.
+    A ``tg_head_loss`` attribute on the pilot (one of :data:`HEAD_LOSSES`) wins, e.g.
+    ``"squared_pm"`` for a squared-loss model on +-1 targets; otherwise
+    ``"squared"`` for models trained on the squared loss (``loss="mse"``), else log.
     """
+    explicit = getattr(pilot, "tg_head_loss", None)
+    if explicit is not None:
+        return check_head_loss(explicit)
     hparams = getattr(pilot, "hparams", None)
     name = hparams.get("loss") if hasattr(hparams, "get") else getattr(pilot, "loss", None)
     return "squared" if name == "mse" else "log"

@@ -17,7 +17,14 @@ from torch import nn
 
 from vtss_lightning._random import EVAL_CHUNK_ROWS
 from vtss_lightning.errors import VTSSError
-from vtss_lightning.search.tg.head_fit import balanced_weights, fit_head, whitening_basis
+from vtss_lightning.search.tg.head_fit import (
+    SQUARED_LOSSES,
+    balanced_weights,
+    check_head_loss,
+    fit_head,
+    head_target,
+    whitening_basis,
+)
 
 
 # ------------------------------------------------------------------- pilot's head
@@ -111,12 +118,17 @@ class ClassScores:
     """Per-row scores ``(mu(eta) - y) x~`` of one set of rows at the balanced head.
 
     ``mu`` is the sigmoid for the log loss and the identity for the squared loss
-    (whose score is the gradient of ``(eta - y)^2 / 2``).
+    (whose score is the gradient of ``(eta - y)^2 / 2``; ``y`` is the target, ``+-1``
+    for ``"squared_pm"``). ``design``, ``resid`` and ``curvature`` (the whitened rows,
+    ``mu(eta) - y`` and ``mu'(eta)``) are what the calibrated symmetry test reads.
     """
 
     z: torch.Tensor  # (n, r) scores in whitened coordinates
     raw_mean: torch.Tensor  # (p,) mean score in the head's own coordinates
     hess: torch.Tensor | None  # (r, r) mean curvature-weighted z z'
+    design: torch.Tensor | None = None  # (n, r) whitened rows
+    resid: torch.Tensor | None = None  # (n,) mu(eta) - y
+    curvature: torch.Tensor | None = None  # (n,) mu'(eta)
 
     @property
     def n(self) -> int:
@@ -140,16 +152,19 @@ def class_scores(
     hessian: bool,
     loss: str = "log",
 ) -> ClassScores:
-    """Scores (and, with ``hessian``, the mean Hessian) of rows ``xt`` labelled ``label``."""
+    """Scores (and, with ``hessian``, the mean Hessian) of rows ``xt`` labelled ``label``.
+
+    ``label`` is 0 or 1 (the minority); ``"squared_pm"`` regresses on ``2 label - 1``.
+    """
     z = xt @ basis
     eta = z @ theta_z
-    if loss == "squared":
-        resid, curvature = eta - label, torch.ones_like(eta)
+    if loss in SQUARED_LOSSES:
+        resid, curvature = eta - head_target(label, loss), torch.ones_like(eta)
     else:
         prob = torch.sigmoid(eta)
         resid, curvature = prob - label, prob * (1 - prob)
     hess = (z * curvature[:, None]).T @ z / len(z) if hessian else None
-    return ClassScores(resid[:, None] * z, (resid[:, None] * xt).mean(0), hess)
+    return ClassScores(resid[:, None] * z, (resid[:, None] * xt).mean(0), hess, z, resid, curvature)
 
 
 # --------------------------------------------------------- the pilot's statistics
@@ -191,7 +206,18 @@ def pilot_statistics(
     units: the statistics then live on its row space, and a note says so); a (nearly)
     separable log-loss pilot, where the statistics are unreliable, is noted too.
     """
-    xt = head_features(pilot, x, device=device)
+    return design_statistics(head_features(pilot, x, device=device), yb, loss)
+
+
+def design_statistics(xt: torch.Tensor, yb: torch.Tensor, loss: str) -> PilotStats:
+    """:func:`pilot_statistics` on a given head design ``xt`` (float64, ``(n, p)``).
+
+    The balanced head, scores and notes of rows ``xt`` with minority indicator ``yb``
+    under ``loss``: what a linear pilot's statistics are, without a model.
+    """
+    check_head_loss(loss)
+    xt = xt.to(torch.float64)
+    yb = yb.to(xt.device, torch.float64)
     basis = whitening_basis(xt)
     notes: list[str] = []
     df = int(basis.shape[1])

@@ -25,6 +25,7 @@ def run_tg_diagnostics(
     settings: TrainerSettings,
     seed: int,
     verbose: bool,
+    **options,
 ) -> TGDiagnostics:
     """Train a pilot on ``dm``'s real training rows and run :func:`tg_diagnostics` on it.
 
@@ -41,12 +42,15 @@ def run_tg_diagnostics(
         Seed of the pilot's fit and of the diagnostics (folds, generator fits, draws).
     verbose
         Print the diagnostics' summary.
+    options
+        Passed to :func:`tg_diagnostics`: ``test`` (``"calibrated"`` or ``"chi2"``),
+        ``alpha``, ``tau``, ``folds``, ``head_loss``, ``join_weak``.
     """
     pilot = clone_module(module)
     loader = dm.make_train_loader({}, full_batch=is_full_batch(pilot))
     fit_candidate(pilot, loader, settings, seed, dm=dm, sizes={})
     pilot.to(dm.active.x_train.device)
-    diag = tg_diagnostics(pilot, dm, seed=seed)
+    diag = tg_diagnostics(pilot, dm, seed=seed, **options)
     if verbose:
         print(diag.summary(), flush=True)
     return diag
