@@ -368,3 +368,71 @@ def test_cli_refuses_the_callback_in_both_places(tmp_path, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("vtss: error: VTSSCallback is configured twice")
+
+
+LIGHTNING_CLI_CONFIG = """
+trainer:
+  max_epochs: 1
+  default_root_dir: {root}
+  enable_checkpointing: false
+  enable_progress_bar: false
+  logger:
+    class_path: {package}.loggers.CSVLogger
+    init_args: {{save_dir: {root}}}
+  callbacks:
+    - class_path: {package}.callbacks.LearningRateMonitor
+model:
+  class_path: vtss_lightning.models.TabularClassifier
+data:
+  class_path: vtss_lightning.data.TabularDataModule
+  init_args: {{dataset: breast_cancer}}
+vtss: {{ratios: [0.0, 1.0], folds: null, progress: false, verbose: false}}
+"""
+
+
+def test_cli_runs_a_config_written_for_lightning_pytorch(tmp_path):
+    """A YAML of ``import lightning as L`` users (lightning.pytorch loggers and
+    callbacks) runs on lightning.pytorch's Trainer; its logger gets the report."""
+    pytest.importorskip("lightning")
+    from vtss_lightning.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(LIGHTNING_CLI_CONFIG.format(root=tmp_path, package="lightning.pytorch"))
+    main(["fit", "--config", str(config)])
+    report = next(tmp_path.rglob("vtss_report.json"))
+    assert (report.parent / "metrics.csv").exists()  # the CSVLogger's own folder
+    assert [c["ratio"] for c in json.loads(report.read_text())["candidates"]] == [0.0, 1.0]
+
+
+def test_cli_picks_the_package_the_config_names(tmp_path):
+    pytest.importorskip("lightning")
+    import lightning.pytorch
+    import pytorch_lightning
+
+    from vtss_lightning import _lightning
+    from vtss_lightning.cli import cli_package
+
+    config = tmp_path / "c.yaml"
+    config.write_text(LIGHTNING_CLI_CONFIG.format(root=tmp_path, package="lightning.pytorch"))
+    assert cli_package(["fit", "--config", str(config)]) is lightning.pytorch
+    assert cli_package(["fit", f"--config={config}"]) is lightning.pytorch
+    plain = ["fit", "--trainer.callbacks+=pytorch_lightning.callbacks.LearningRateMonitor"]
+    assert cli_package(plain) is pytorch_lightning
+    assert cli_package(["fit", "--config", str(tmp_path / "missing.yaml")]) is _lightning.DEFAULT
+
+
+def test_cli_refuses_a_config_that_mixes_the_packages(tmp_path, capsys):
+    pytest.importorskip("lightning")
+    from vtss_lightning.cli import main
+
+    config = tmp_path / "c.yaml"
+    text = LIGHTNING_CLI_CONFIG.format(root=tmp_path, package="lightning.pytorch")
+    config.write_text(text.replace("lightning.pytorch.callbacks", "pytorch_lightning.callbacks"))
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", str(config)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "vtss: error: the config names classes of both lightning.pytorch and "
+        "pytorch_lightning; a Trainer takes one package's callbacks and loggers: use one of them"
+    ]

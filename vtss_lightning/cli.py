@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 import errno
+import functools
+import importlib
 import io
 import json
 import re
 import sys
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 
-import pytorch_lightning as pl
-from pytorch_lightning.cli import LightningCLI
-
+from vtss_lightning import _lightning
 from vtss_lightning.data.datamodule import SyntheticAugmentationDataModule
 from vtss_lightning.errors import VTSSError, VTSSFileError
 from vtss_lightning.search.callback import VTSSCallback
 
 
-class VTSSLightningCLI(LightningCLI):
+class _VTSSCLI:
     """LightningCLI whose ``vtss:`` section configures the always-present VTSSCallback.
 
     The callback may instead be listed in ``trainer.callbacks`` (the usual LightningCLI
-    way to add one); then that one runs, and setting both is an error.
+    way to add one); then that one runs, and setting both is an error. Built on the
+    LightningCLI of the package the config's classes come from (:func:`cli_package`).
     """
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -65,6 +66,63 @@ class VTSSLightningCLI(LightningCLI):
             raise VTSSFileError(line + _progress_note(self.trainer)) from exc
 
 
+@functools.cache
+def cli_class(package_name: str) -> type:
+    """The VTSS CLI on ``package_name``'s LightningCLI (``"lightning.pytorch"`` or
+    ``"pytorch_lightning"``): a Trainer of one package refuses the other's callbacks
+    and loggers, so the CLI's Trainer must come from the package the config names."""
+    base = importlib.import_module(f"{package_name}.cli").LightningCLI
+    return type("VTSSLightningCLI", (_VTSSCLI, base), {"__module__": __name__})
+
+
+VTSSLightningCLI = cli_class(_lightning.DEFAULT.__name__)
+
+_CLASS_PATH = {name: re.compile(rf"\b{re.escape(name)}\.") for name in _lightning.PACKAGE_NAMES}
+
+
+def cli_package(args: list[str]) -> ModuleType:
+    """The Lightning package whose classes the command names (its config files and
+    arguments), the default one when it names neither.
+
+    A YAML written for ``import lightning as L`` lists ``lightning.pytorch.callbacks...``;
+    run on ``pytorch_lightning``'s Trainer those are refused with a page of jsonargparse
+    alternatives, so the CLI follows the config instead.
+    """
+    text = "\n".join([*args, *(_read_quietly(p) for p in _config_paths(args))])
+    named = [n for n, pattern in _CLASS_PATH.items() if pattern.search(text)]
+    if len(named) > 1:
+        raise VTSSError(
+            "the config names classes of both lightning.pytorch and pytorch_lightning; "
+            "a Trainer takes one package's callbacks and loggers: use one of them"
+        )
+    if not named:
+        return _lightning.DEFAULT
+    package = next((p for p in _lightning.PACKAGES if p.__name__ == named[0]), None)
+    if package is None:
+        dist = "lightning" if named[0] == "lightning.pytorch" else "pytorch-lightning"
+        raise VTSSError(f"the config names {named[0]} classes: pip install {dist}")
+    return package
+
+
+def _config_paths(args: list[str]) -> list[str]:
+    """The files after ``--config``/``-c`` (or ``--config=FILE``)."""
+    paths = []
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            paths.append(args[i + 1])
+        elif arg.startswith("--config="):
+            paths.append(arg.split("=", 1)[1])
+    return paths
+
+
+def _read_quietly(path: str) -> str:
+    """A config's text; a file that cannot be read is left to the CLI to report."""
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point; user-fixable errors print one line and exit with status 2, file
     faults (with the path and the cause) with status 1.
@@ -73,8 +131,9 @@ def main(args: list[str] | None = None) -> None:
     EFBIG (reported like a full disk) instead of killing the process.
     """
     try:
-        VTSSLightningCLI(
-            model_class=pl.LightningModule,
+        package = cli_package(sys.argv[1:] if args is None else list(args))
+        cli_class(package.__name__)(
+            model_class=package.LightningModule,
             datamodule_class=SyntheticAugmentationDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
