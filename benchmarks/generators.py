@@ -38,7 +38,6 @@ import shlex
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,6 +62,7 @@ from vtss_lightning.generators import (  # noqa: E402
     VAEGenerator,
 )
 from vtss_lightning.models import ImageClassifier, TabularClassifier  # noqa: E402
+from vtss_lightning.search.fidelity import c2st_auc  # noqa: E402
 from vtss_lightning.search.objective import test_metrics  # noqa: E402
 
 IMAGE_DATASET = "digits_binary"
@@ -95,33 +95,6 @@ def image_generators(steps: int) -> dict[str, Callable]:
         "VAE": lambda: VAEGenerator(steps=steps, width=32, latent_dim=8, beta=0.3, lr=0.003),
         "diffusion": lambda: DiffusionGenerator(steps=steps, width=16, sample_steps=25),
     }
-
-
-def c2st_auc(real: np.ndarray, synthetic: np.ndarray, seed: int, kind: str = "logistic") -> float:
-    """5-fold cross-validated ROC AUC of a classifier telling real from synthetic rows.
-
-    ``"logistic"`` sees only linear (mean) differences; ``"knn"`` (5 nearest neighbours)
-    also sees differences in spread and shape.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    x = np.concatenate([real, synthetic]).astype(np.float64)
-    y = np.r_[np.zeros(len(real)), np.ones(len(synthetic))]
-    folds = min(5, len(real))
-    head = (
-        LogisticRegression(C=1.0, max_iter=2000)
-        if kind == "logistic"
-        else KNeighborsClassifier(n_neighbors=5)
-    )
-    clf = make_pipeline(StandardScaler(), head)
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(cross_val_score(clf, x, y, cv=cv, scoring="roc_auc").mean())
 
 
 def held_out_rows(dm, k: int) -> np.ndarray:

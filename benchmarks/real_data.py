@@ -97,6 +97,7 @@ LABELS = {
     "none": "no augmentation",
     "full": "full balance",
     "defaults": "VTSS, shipped defaults",
+    "parallel": "VTSS, defaults + strategy=parallel",
     "cv5x5": "VTSS, 5x5 CV",
     "paired": "VTSS, defaults + selection=paired_se",
     "oracle_holdout": "oracle, hold-out rows",
@@ -113,6 +114,7 @@ UNITS = {
     "none": ("none",),
     "full": ("full",),
     "defaults": ("defaults",),
+    "parallel": ("parallel",),
     "cv5x5": ("cv5x5",),
     "paired": ("paired",),
     "oracle": ("oracle", "none_all", "full_all"),
@@ -126,6 +128,7 @@ VTSS_KWARGS = {
     "none": {"ratios": [0]},
     "full": {"ratios": [1]},
     "defaults": {},
+    "parallel": {"strategy": "parallel"},
     "cv5x5": {"folds": 5, "repeats": 5, "selection": "min"},
     "paired": {"selection": "paired_se"},
 }

@@ -22,14 +22,21 @@ from vtss_lightning import VTSSCallback  # noqa: E402
 from vtss_lightning.models import TabularClassifier  # noqa: E402
 
 
+def outer(trainer) -> bool:
+    """The user's trainer, not a candidate's (candidates get copies of these callbacks)."""
+    return any(getattr(c, "runs_vtss_search", False) for c in trainer.callbacks)
+
+
 class SlowRankZero(pl.Callback):
     def on_fit_end(self, trainer, pl_module):
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and outer(trainer):
             time.sleep(2)
 
 
 class ReportSeen(pl.Callback):
     def on_fit_end(self, trainer, pl_module):
+        if not outer(trainer):
+            return
         root = Path(trainer.default_root_dir)
         seen = (root / "vtss_report.json").exists()
         (root / f"report_seen-{trainer.global_rank}").write_text(str(seen))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from vtss_lightning.search.config import SearchConfig
 from vtss_lightning.search.engine import SearchEngine
+from vtss_lightning.search.fidelity import FidelityRecorder
 from vtss_lightning.search.final_rows import ALL, describe_final_rows, plan_final_rows
 from vtss_lightning.search.progress import ProgressStore, search_fingerprint
 from vtss_lightning.search.report import VTSSResult
@@ -72,7 +73,10 @@ def run_search(
         store = ProgressStore(progress_path, key, write=write_progress, verbose=config.verbose)
         if hasattr(scorer, "journal"):  # halving records its schedule there, to replay it
             scorer.journal = store
+    # each split's validation rows and pool head, taken as the engine enters the split
+    fidelity = FidelityRecorder(config.seed, plan).watch(scorer)
     result = engine.run(dm, scorer, store, bar=bar)
+    fidelity.report_into(result, dm, config.verbose)  # diagnostics["fidelity"]: held-out C2ST
     if config.reuses_winner:
         result.final_state = scorer.trained_state(result.selected_index_sizes)
     if scorer.fallback_reason:
