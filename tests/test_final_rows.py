@@ -146,6 +146,25 @@ def test_tuner_leaves_the_datamodule_on_all_rows_with_no_validation_rows(tmp_pat
     assert len(dm.training_tensors()[1]) == N_NEG + N_POS + result.final_index_sizes[1]
 
 
+def test_tuner_callbacks_reach_the_candidates_and_keep_the_hold_out(tmp_path):
+    """Callbacks given to the tuner shape every candidate (as in the callback path);
+    one that monitors keeps the final fit's validation rows."""
+    stop = EarlyStopping(monitor="val_balanced_loss", patience=0, min_delta=10.0)
+    kwargs = {"max_epochs": 6, "callbacks": [stop]}
+    model = TabularClassifier(hidden_dims=[8], optimizer="adamw", lr=0.01)
+    tuner = VTSSTuner(kwargs, ratios=[0, 1], folds=2, verbose=False, progress=False)
+    result = tuner.search(model, make_dm())
+    assert result.final_rows == "train"
+    assert "EarlyStopping(monitor='val_balanced_loss')" in result.diagnostics["final_rows"]["reason"]
+    assert "EarlyStopping" in result.config["trainer"]["callbacks"]
+    plain = VTSSTuner({"max_epochs": 6}, ratios=[0, 1], folds=2, verbose=False, progress=False)
+    unstopped = plain.search(model, make_dm())
+    # min_delta=10 stops every candidate after its first validation: other losses
+    assert [c.val_balanced_loss for c in result.candidates] != pytest.approx(
+        [c.val_balanced_loss for c in unstopped.candidates], abs=1e-6
+    )
+
+
 def test_scaled_sizes_keep_the_share_of_the_gap():
     assert scaled_sizes(1.5, {1: 15}, {1: 10}, {1: 13}) == {1: 20}  # round half up 19.5
     assert scaled_sizes(None, {1: 5, 2: 0}, {1: 10, 2: 4}, {1: 20, 2: 6}) == {1: 10, 2: 0}

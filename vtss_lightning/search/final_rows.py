@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from vtss_lightning._random import round_half_up
 from vtss_lightning.search.config import SearchConfig
@@ -37,15 +38,20 @@ def validation_monitors(trainer) -> list[str]:
 
     Any monitored metric counts (a name alone does not say whether validation logs it).
     """
-    found = [
-        f"{type(cb).__name__}(monitor={cb.monitor!r})"
-        for cb in trainer.callbacks
-        if getattr(cb, "monitor", None) and not getattr(cb, "runs_vtss_search", False)
-    ]
+    found = callback_monitors(trainer.callbacks)
     for config in getattr(trainer, "lr_scheduler_configs", None) or []:
         if getattr(config, "monitor", None):
             found.append(f"{type(config.scheduler).__name__}(monitor={config.monitor!r})")
     return found
+
+
+def callback_monitors(callbacks: Sequence[Any]) -> list[str]:
+    """The callbacks among ``callbacks`` that watch a logged metric (EarlyStopping, ...)."""
+    return [
+        f"{type(cb).__name__}(monitor={cb.monitor!r})"
+        for cb in callbacks
+        if getattr(cb, "monitor", None) and not getattr(cb, "runs_vtss_search", False)
+    ]
 
 
 def plan_final_rows(

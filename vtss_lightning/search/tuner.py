@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vtss_lightning.search.config import SearchConfig
+from vtss_lightning.search.final_rows import callback_monitors
 from vtss_lightning.search.report import VTSSResult
 from vtss_lightning.search.run import run_search, use_selected_size
 from vtss_lightning.search.strategies import TrainerSettings
+from vtss_lightning.search.strategies.inner_fit import candidate_callbacks
 
 if TYPE_CHECKING:  # either Lightning package at run time (vtss_lightning._lightning)
     import pytorch_lightning as pl
@@ -23,8 +25,10 @@ class VTSSTuner:
     initial weights, and returns the :class:`VTSSResult`. A following
     ``trainer.fit(model, datamodule=dm)`` trains the final model. After K-fold
     selection ``dm`` then trains on all development rows and serves no validation
-    rows (``final_rows="auto"``); pass ``final_rows="train"`` when that fit's callbacks
-    monitor validation metrics.
+    rows (``final_rows="auto"``), unless ``trainer_kwargs["callbacks"]`` holds a
+    callback that monitors a metric (then the hold-out's training rows, as the
+    callback does); pass ``final_rows="train"`` when the final fit's callbacks
+    monitor validation metrics and you did not give them here.
 
     Parameters
     ----------
@@ -32,7 +36,10 @@ class VTSSTuner:
         Settings of each candidate's Trainer: ``accelerator``, ``devices``,
         ``precision``, the budget (``max_epochs``, ``max_steps``, ``min_epochs``,
         ``min_steps``, and ``max_time``, which bounds *each* candidate fit like the
-        final fit), gradient clipping, accumulation.
+        final fit), gradient clipping, accumulation, and ``callbacks``: those that
+        shape training (EarlyStopping, schedulers, your own; see
+        ``candidate_callbacks``) reach every candidate fit as fresh copies, as in
+        :class:`VTSSCallback`.
     **search_kwargs
         Any :class:`VTSSCallback` argument (``ratios``, ``strategy``, ``folds``, ...):
         the fields of :class:`~vtss_lightning.search.config.SearchConfig`.
@@ -41,6 +48,9 @@ class VTSSTuner:
     def __init__(self, trainer_kwargs: dict[str, Any] | None = None, **search_kwargs: Any) -> None:
         self.settings = TrainerSettings.from_kwargs(trainer_kwargs)
         self.config = SearchConfig(**search_kwargs)
+        callbacks = list((trainer_kwargs or {}).get("callbacks") or [])
+        self.settings.callbacks = candidate_callbacks(callbacks, self.config.candidate_callbacks)
+        self._monitors = callback_monitors(callbacks)  # they keep the final fit's val rows
 
     def search(
         self,
@@ -64,6 +74,8 @@ class VTSSTuner:
             model.configure_from_data(datamodule)
         path = progress_path or self.config.progress_path
         bar = sys.stderr.isatty() if progress_bar is None else progress_bar
-        result = run_search(self.config, datamodule, model, self.settings, path, bar=bar)
+        result = run_search(
+            self.config, datamodule, model, self.settings, path, bar=bar, monitors=self._monitors
+        )
         use_selected_size(datamodule, result)
         return result
