@@ -59,6 +59,8 @@ from vtss_lightning.search.strategies import (  # noqa: E402
 )
 
 STRATEGIES = ("retrain", "finetune", "parallel", "parallel_best", "halving", "parallel_halving")
+#: Run only when named in --strategies: Ray is an optional extra (a local Ray is started).
+OPTIONAL = ("ray",)
 LABELS = {
     "parallel": "parallel (snapshot=last, default)",
     "parallel_best": "parallel (snapshot=best)",
@@ -67,7 +69,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: Logistic-regression workloads: validation folds (None: the hold-out).
 LOGISTIC = {"logistic": None, "logistic_5fold": 5}
 #: The strategies a logistic workload compares (one L-BFGS step per fit: no rungs).
-LOGISTIC_STRATEGIES = ("retrain", "parallel")
+LOGISTIC_STRATEGIES = ("retrain", "parallel", "ray")
 TABLE = {"name": "breast_cancer"}  # --table
 
 
@@ -301,7 +303,7 @@ def section(kind: str, seeds: list[dict]) -> str:
         "(median) | same ratio as retrain | within one grid step |",
         "|---|---|---|---|---|---|",
     ]
-    ran = [k for k in STRATEGIES if k in seeds[0]["runs"]]
+    ran = [k for k in STRATEGIES + OPTIONAL if k in seeds[0]["runs"]]
     for strategy in ran:
         runs = [s["runs"][strategy] for s in seeds]
         ratios = [
@@ -371,12 +373,15 @@ def main() -> None:
     parser.add_argument("--step-epochs", type=int, default=4, help="epochs per step timing")
     parser.add_argument("--step-repeats", type=int, default=9, help="interleaved step timings")
     parser.add_argument(
-        "--strategies", default=",".join(STRATEGIES), help="comma list; retrain is always run"
+        "--strategies",
+        default=",".join(STRATEGIES),
+        help="comma list; retrain is always run; also: " + ", ".join(OPTIONAL),
     )
     parser.add_argument("--steps-only", action="store_true", help="only the loop comparison")
     parser.add_argument("--out", type=Path, default=RESULTS / "search_cost.md")
     args = parser.parse_args()
-    strategies = tuple(k for k in STRATEGIES if k in {"retrain", *args.strategies.split(",")})
+    wanted = {"retrain", *args.strategies.split(",")}
+    strategies = tuple(k for k in STRATEGIES + OPTIONAL if k in wanted)
     TABLE["name"] = args.table
     quiet()
     single_thread(args.threads)

@@ -6,10 +6,10 @@ import math
 import resource
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.config import SearchConfig
@@ -18,7 +18,14 @@ from vtss_lightning.search.findings import comparators_summary, curve_notes
 from vtss_lightning.search.grid import Candidate, build_candidates, max_sizes
 from vtss_lightning.search.guard import device_peak_mb, pool_megabytes
 from vtss_lightning.search.report import CandidateResult, VTSSResult
-from vtss_lightning.search.scores import MemoryStore, Scores, ScoreStore, score_jobs
+from vtss_lightning.search.scores import (
+    MemoryStore,
+    Scores,
+    ScoreStore,
+    score_jobs,
+    score_staged,
+    scores_across_splits,
+)
 from vtss_lightning.search.selection import select
 from vtss_lightning.search.strategies.base import Scorer
 from vtss_lightning.search.validation import ValidationPlan, plan_validation
@@ -97,9 +104,7 @@ class SearchEngine:
         todo = grid.restore(store)
         display = SearchDisplay(sum(len(p) for p in todo), self.verbose, bar)
         try:
-            for s, split in enumerate(splits):
-                if todo[s]:
-                    self._score_split(dm, scorer, store, grid, s, split, todo[s], display)
+            self._score(dm, scorer, store, grid, splits, dict(enumerate(todo)), display)
             self._follow_the_curve(dm, scorer, store, grid, splits, holdout_gaps, display)
         finally:
             display.close()
@@ -125,37 +130,91 @@ class SearchEngine:
             display.line(
                 f"VTSS: the largest size won; extending the grid to ratio {ratio:g} (cap {cap:g})"
             )
-            for s, split in enumerate(splits):
-                if not grid.take(store, s, i):  # not already in the progress file
-                    self._score_split(dm, scorer, store, grid, s, split, [i], display)
+            # every split that the progress file does not already hold
+            todo = {s: [i] for s in range(len(splits)) if not grid.take(store, s, i)}
+            self._score(dm, scorer, store, grid, splits, todo, display)
+
+    def _score(
+        self, dm, scorer, store, grid, splits, todo: Mapping[int, list[int]], display
+    ) -> None:
+        """Score the pending candidates of each split (``todo``: split -> indices).
+
+        A scorer that declares ``scores_across_splits`` gets every split's jobs before
+        it trains any (:meth:`_score_across`), so it can schedule them together;
+        any other scorer sees one split at a time.
+        """
+        todo = {s: pending for s, pending in todo.items() if pending}
+        if todo and scores_across_splits(scorer):
+            self._score_across(dm, scorer, store, grid, splits, todo, display)
+            return
+        for s, pending in todo.items():
+            self._score_split(dm, scorer, store, grid, s, splits[s], pending, display)
 
     def _score_split(self, dm, scorer, store, grid, s, split, pending, display) -> None:
         """Train and score the pending candidates of split ``s`` (``None``: the hold-out)."""
-        candidates = grid.candidates
+        with self._entered(dm, scorer, grid, split, display) as gaps:
+            where = _Where(split, dm.active.name, gaps)
+            jobs = [(i, grid.candidates[i].sizes(gaps)) for i in pending]
+            for i, loss, secs in score_jobs(scorer, dm, jobs, grid.notes):  # as each finishes
+                self._record(dm, scorer, store, grid, s, i, loss, secs, where, display)
+        self._split_done(grid, s, split, display)
+
+    def _score_across(self, dm, scorer, store, grid, splits, todo, display) -> None:
+        """Two phases: stage every split's jobs, then record them as the scorer finishes.
+
+        Each split is entered as for :meth:`_score_split` (its pool prepared, the
+        scorer's ``begin_split``) and handed to ``scorer.stage``, which copies what
+        its jobs need; ``scorer.run_staged`` then trains them all, in any order,
+        while the DataModule is back on the hold-out.
+        """
+        where, left = {}, {}
+        for s, pending in todo.items():
+            with self._entered(dm, scorer, grid, splits[s], display) as gaps:
+                where[s] = _Where(splits[s], dm.active.name, gaps)
+                scorer.stage(dm, s, [(i, grid.candidates[i].sizes(gaps)) for i in pending])
+            left[s] = len(pending)
+        for s, i, loss, secs in score_staged(scorer, self.verbose, grid.notes):
+            self._record(dm, scorer, store, grid, s, i, loss, secs, where[s], display)
+            left[s] -= 1
+            if left[s] == 0:  # the split's last job
+                self._split_done(grid, s, splits[s], display)
+
+    @contextmanager
+    def _entered(self, dm, scorer, grid: Scores, split, display) -> Iterator[dict[int, int]]:
+        """Inside split ``split`` (``None``: the hold-out), its pool ready; its gaps."""
         with nullcontext() if split is None else dm.use_split(*split):
             gaps = dm.class_gaps()
             _report_generator_fits(dm, display)
             grid.pool_mb = max(
-                grid.pool_mb, pool_megabytes(dm.prepare_pool(max_sizes(candidates, gaps)))
+                grid.pool_mb, pool_megabytes(dm.prepare_pool(max_sizes(grid.candidates, gaps)))
             )
             scorer.begin_split(dm)
-            jobs = [(i, candidates[i].sizes(gaps)) for i in pending]
-            for i, loss, secs in score_jobs(scorer, dm, jobs, grid.notes):  # as each finishes
-                loss = grid.put(s, i, loss, secs)
-                comparator = scorer.comparators.pop(dm.active.name, None)
-                if comparator is not None:  # the no-synthetic fit's logit adjustment
-                    grid.comparators[s] = comparator
-                _keep_status(store, s, i, grid.notes.get(i))  # e.g. an OOM retry's note
-                store.put(s, i, loss, secs, comparator)
-                display.fit_done(loss, "" if split is None else split[0])
-                if split is None:
-                    display.line(
-                        self._progress_line(dm, i, len(candidates), candidates[i], gaps, loss, secs)
-                    )
-        if split is not None:
-            row = [grid.losses[i][s] for i in range(len(candidates))]
-            best = min(range(len(candidates)), key=lambda i: _nan_last(row[i]))
-            display.line(f"VTSS {split[0]}: best ratio here {_ratio_text(candidates[best])}")
+            yield gaps
+
+    def _record(self, dm, scorer, store, grid, s, i, loss, secs, where, display) -> None:
+        """Keep one finished (split, candidate) score: grid, status, store, display."""
+        candidates = grid.candidates
+        loss = grid.put(s, i, loss, secs)
+        comparator = scorer.comparators.pop(where.name, None)
+        if comparator is not None:  # the no-synthetic fit's logit adjustment
+            grid.comparators[s] = comparator
+        _keep_status(store, s, i, grid.notes.get(i))  # e.g. an OOM retry's note
+        store.put(s, i, loss, secs, comparator)
+        display.fit_done(loss, "" if where.split is None else where.split[0])
+        if where.split is None:
+            display.line(
+                self._progress_line(dm, i, len(candidates), candidates[i], where.gaps, loss, secs)
+            )
+
+    @staticmethod
+    def _split_done(grid: Scores, s: int, split, display) -> None:
+        """The line closing a validation fold: which ratio it prefers."""
+        if split is None:
+            return
+        candidates = grid.candidates
+        row = [grid.losses[i][s] for i in range(len(candidates))]
+        best = min(range(len(candidates)), key=lambda i: _nan_last(row[i]))
+        display.line(f"VTSS {split[0]}: best ratio here {_ratio_text(candidates[best])}")
 
     def _result(self, dm, grid: Scores, holdout_gaps, n_splits: int, start: float) -> VTSSResult:
         """Selection over the mean losses, and the report's description of the search."""
@@ -283,6 +342,15 @@ class SearchEngine:
     @staticmethod
     def _say(line: str) -> None:
         print(line, file=sys.stdout, flush=True)
+
+
+class _Where(NamedTuple):
+    """Where a job was trained: its split (``None``: the hold-out), the split's name
+    (the key of the scorer's comparators) and its class gaps."""
+
+    split: Any
+    name: str
+    gaps: dict[int, int]
 
 
 def _keep_status(store: ScoreStore, s: int, i: int, note: str | None) -> None:

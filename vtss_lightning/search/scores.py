@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from vtss_lightning.search.grid import Candidate
-from vtss_lightning.search.strategies.base import Scorer
+from vtss_lightning.search.strategies.base import Scorer, StagedScorer
 
 
 class Scores:
@@ -123,6 +123,11 @@ class MemoryStore:
             self.comparators[split] = comparator
 
 
+def scores_across_splits(scorer: Scorer) -> bool:
+    """Whether the scorer takes every split's jobs at once (:class:`.base.StagedScorer`)."""
+    return bool(getattr(scorer, "scores_across_splits", False))
+
+
 def score_jobs(
     scorer: Scorer, dm, jobs: list[tuple[int, dict[int, int]]], notes: dict | None = None
 ) -> Iterator[tuple[int, float, float]]:
@@ -136,4 +141,19 @@ def score_jobs(
         status = scorer.statuses.get(item[0])
         if status is not None and notes is not None:
             notes[item[0]] = status
+        yield item
+
+
+def score_staged(
+    scorer: StagedScorer, verbose: bool = False, notes: dict | None = None
+) -> Iterator[tuple[int, int, float, float]]:
+    """Yield ``(split, candidate index, loss, seconds)`` of the staged jobs as each finishes.
+
+    The cross-split counterpart of :func:`score_jobs` (the jobs were handed over with
+    ``scorer.stage``); statuses are copied into ``notes`` the same way.
+    """
+    for item in scorer.run_staged(verbose):
+        status = scorer.statuses.get(item[1])
+        if status is not None and notes is not None:
+            notes[item[1]] = status
         yield item

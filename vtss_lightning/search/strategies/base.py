@@ -24,11 +24,22 @@ from vtss_lightning.search.strategies.settings import TrainerSettings
 
 #: A LightningModule of either Lightning package (see :mod:`vtss_lightning._lightning`).
 LightningModule = Any
-__all__ = ["BaseScorer", "Job", "Scored", "Scorer", "TrainerSettings", "clone_module"]
+__all__ = [
+    "BaseScorer",
+    "Job",
+    "Scored",
+    "Scorer",
+    "StagedScored",
+    "StagedScorer",
+    "TrainerSettings",
+    "clone_module",
+]
 #: One job of a search: the candidate's index in the grid and its per-class sizes.
 Job = tuple[int, dict[int, int]]
 #: What a strategy yields per finished job: index, balanced validation loss, seconds.
 Scored = tuple[int, float, float]
+#: The same for a job staged with :meth:`StagedScorer.stage`: split first.
+StagedScored = tuple[int, int, float, float]
 
 
 def is_full_batch(module: torch.nn.Module) -> bool:
@@ -81,6 +92,29 @@ class Scorer(Protocol):
     def score_many(self, dm, jobs: list[Job]) -> Iterator[Scored]: ...
 
     def trained_state(self, sizes: Mapping[int, int]) -> dict[str, torch.Tensor] | None: ...
+
+
+class StagedScorer(Scorer, Protocol):
+    """A strategy that schedules every split's jobs together (``scores_across_splits``).
+
+    The engine enters each split with pending jobs as for any scorer (pool prepared,
+    :meth:`begin_split` called) and hands its jobs to :meth:`stage`; after the last
+    split it iterates :meth:`run_staged`, with the DataModule back on the hold-out.
+    ``trained_state`` keeps its meaning: weights from the last split staged. Statuses
+    stay keyed by candidate index, as for ``score_many``.
+    """
+
+    #: Declares the two-phase call; a scorer without it is fed one split at a time.
+    scores_across_splits: bool
+
+    def stage(self, dm, split: int, jobs: list[Job]) -> None:
+        """Copy what the jobs of split ``split`` (the active one) need; train nothing yet."""
+
+    def run_staged(self, verbose: bool = False) -> Iterator[StagedScored]:
+        """Train every staged job; yield ``(split, index, loss, seconds)`` as each finishes.
+
+        ``verbose`` is the search's: whether the strategy may print its own progress.
+        """
 
 
 class BaseScorer:
