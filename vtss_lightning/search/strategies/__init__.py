@@ -52,7 +52,7 @@ def _parallel_halving(cfg: SearchConfig, template, settings, keep: bool) -> Scor
 def _ray(cfg: SearchConfig, template, settings: TrainerSettings, keep: bool) -> Scorer:
     from vtss_lightning.search.strategies.ray import RayScorer  # Ray is an optional extra
 
-    return RayScorer(template, settings, cfg.seed, keep_states=keep)
+    return RayScorer(template, settings, cfg.seed, keep_states=keep, snapshot=cfg.snapshot)
 
 
 REGISTRY: dict[str, Factory] = {
