@@ -26,29 +26,40 @@ NUMERIC_SHARE = 0.8
 ID_SHARE = 0.5
 
 
-def infer_categorical(frame: pd.DataFrame, categorical: list[str] | None = None) -> list[str]:
+def column(frame: pd.DataFrame, name: str, rows: np.ndarray | None = None) -> pd.Series:
+    """Column ``name`` of ``frame``, or of its rows at positions ``rows`` (a copy of that
+    one column: the preprocessing reads the training rows of a table column by column
+    instead of copying them all)."""
+    values = frame[name]
+    return values if rows is None else values.iloc[rows]
+
+
+def infer_categorical(
+    frame: pd.DataFrame, categorical: list[str] | None = None, rows: np.ndarray | None = None
+) -> list[str]:
     """Columns treated as categorical: the given list, else every non-numeric column.
 
     A numeric column must hold numbers only: a listed ``categorical`` makes every
     other column numeric, and an unlisted text column that is mostly numbers is taken
     for a numeric column with typos. Either way an unparseable value is a
     ``VTSSError`` naming the column and the values, not a silent one-hot encoding.
+    Values are judged on ``frame``'s rows at ``rows`` (``None``: every row).
     """
     if categorical is not None:
         missing = [c for c in categorical if c not in frame.columns]
         if missing:
             raise VTSSError(f"categorical column(s) {missing} not found in the data")
         for c in frame.columns:
-            if c not in categorical:
-                check_numbers(frame[c], c, share=0.0)
+            if c not in categorical and not pd.api.types.is_numeric_dtype(frame[c]):
+                check_numbers(column(frame, c, rows), c, share=0.0)
         return list(categorical)
     out = []
     for c in frame.columns:
-        col = frame[c]
-        if pd.api.types.is_bool_dtype(col):
+        dtype = frame[c].dtype
+        if pd.api.types.is_bool_dtype(dtype):
             out.append(c)
-        elif not pd.api.types.is_numeric_dtype(col):
-            check_numbers(col, c, share=NUMERIC_SHARE)
+        elif not pd.api.types.is_numeric_dtype(dtype):
+            check_numbers(column(frame, c, rows), c, share=NUMERIC_SHARE)
             out.append(c)
     return out
 
@@ -75,13 +86,16 @@ def category_pipeline(categories, max_categories: int | None = None) -> Pipeline
 
     With ``max_categories`` a column keeps its ``max_categories - 1`` most frequent
     levels of the rows it is fitted on; the others, and unknown ones, share one
-    ``infrequent`` column (scikit-learn's infrequent categories).
+    ``infrequent`` column (scikit-learn's infrequent categories). The indicators are
+    float32 (0 and 1 are exact), the dtype of the encoded matrix, so no float64 copy
+    of them is made.
     """
     onehot = OneHotEncoder(
         categories=categories,
         handle_unknown="ignore" if max_categories is None else "infrequent_if_exist",
         max_categories=max_categories,
         sparse_output=False,
+        dtype=np.float32,
     )
     return Pipeline(
         [
@@ -127,9 +141,11 @@ def category_layout(frame: pd.DataFrame, categorical: list[str]) -> list[list] |
     return [list(cats) for cats in encoder.categories_]
 
 
-def check_no_inf(frame: pd.DataFrame, numeric: list[str]) -> None:
-    """Raise on ±inf in a numeric column: imputation fills NaN only, scaling would give NaN."""
+def check_no_inf(frame: pd.DataFrame, numeric: list[str], rows: np.ndarray | None = None) -> None:
+    """Raise on ±inf in a numeric column (of the rows at ``rows``): imputation fills NaN
+    only, scaling would give NaN."""
     for col in numeric:
-        values = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=np.float64)
+        values = pd.to_numeric(column(frame, col, rows), errors="coerce")
+        values = values.to_numpy(dtype=np.float64)
         if np.isinf(values).any():
             raise VTSSError(f"column {col!r} contains ±inf values; replace them or drop the rows")

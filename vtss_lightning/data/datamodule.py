@@ -8,7 +8,8 @@ encoded by :mod:`~vtss_lightning.data.preprocessing`, augmented by
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import ctypes
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import numpy as np
@@ -18,11 +19,18 @@ from vtss_lightning import _lightning
 from vtss_lightning.data.features import Features, as_features, maybe_features
 from vtss_lightning.data.labels import LabelCodec
 from vtss_lightning.data.loaders import FeatureBatches, TensorBatches, eval_batches
-from vtss_lightning.data.pool import PoolBuilder, SyntheticPool, check_sizes, ratio_to_sizes
+from vtss_lightning.data.pool import (
+    PoolBuilder,
+    SyntheticPool,
+    check_sizes,
+    ratio_to_sizes,
+    stack_rows,
+)
 from vtss_lightning.data.preprocessing import IdentityPreprocessor, Preprocessor
 from vtss_lightning.data.schema import FeatureSchema
 from vtss_lightning.data.split import (
     PreparedSplit,
+    RowPreprocessor,
     holdout_indices,
     prepare_split,
     stratified_folds,
@@ -32,6 +40,29 @@ from vtss_lightning.generators.base import SyntheticGenerator
 
 #: Name of the split that trains on every development row (``use_all_rows``).
 ALL_ROWS = "all development rows"
+
+
+def trim_heap() -> None:
+    """Hand the heap's freed pages back to the OS (glibc; elsewhere nothing).
+
+    glibc keeps freed memory of many mid-sized blocks (a DataFrame's columns, parser
+    buffers) resident for reuse; once the raw rows are let go the search allocates a
+    pool and training sets of other sizes, which would then come on top of it.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def reloads_exactly(load_data: Callable) -> Callable:
+    """Mark a ``load_data`` that returns the same rows every call (a file, a built-in
+    dataset, arrays held by the DataModule): its raw rows can then be let go once
+    encoded and loaded again for a refit. A subclass's own ``load_data`` is not
+    marked, so its rows are kept, as it may not return the same ones twice."""
+    load_data.reloads_exactly = True
+    return load_data
+
 
 class SyntheticAugmentationDataModule(_lightning.dual_base("LightningDataModule")):
     """Real rows plus the first ``m_k`` synthetic rows of each minority class.
@@ -103,8 +134,12 @@ class SyntheticAugmentationDataModule(_lightning.dual_base("LightningDataModule"
         self.active: PreparedSplit | None = None
         self.x_test: torch.Tensor | None = None
         self.y_test: torch.Tensor | None = None
+        self._x_dev: Features | None = None
+        self._x_test_raw: Features | None = None
+        self._raw_released = False
 
     # ------------------------------------------------------------------ loading
+    @reloads_exactly
     def load_data(self) -> tuple[Features, np.ndarray, Features | None, np.ndarray | None]:
         """Development features/labels and optional test features/labels."""
         x, y, x_test, y_test = self._raw
@@ -133,24 +168,87 @@ class SyntheticAugmentationDataModule(_lightning.dual_base("LightningDataModule"
         self._labels = LabelCodec(y)
         self.classes_ = self._labels.classes_
         self._x_dev, self._y_dev = x, self._labels.encode(y)
-        self._pool_builder = PoolBuilder(self.generator, x, self.classes_, self.seed)
+        self._x_test_raw = x_test if y_test is not None else None
+        self._pool_builder = PoolBuilder(
+            self.generator, self.raw_features, self.classes_, self.seed
+        )
         train_idx, val_idx = holdout_indices(
             self._y_dev, self.classes_, self.val_fraction, self.seed
         )
         self.holdout = self._prepare_split("holdout", train_idx, val_idx)
         self.active = self.holdout
-        self._x_test_raw = x_test if y_test is not None else None
         if x_test is not None and y_test is not None:
             self.x_test = self.holdout.preprocessor.transform(x_test)
             self.y_test = torch.as_tensor(self._labels.encode(y_test, what="test"))
+        del x, x_test
         self._is_setup = True
+        self.release_raw()
+
+    # ---------------------------------------------------------------- raw rows
+    def raw_features(self) -> Features:
+        """The raw development features, loaded again if :meth:`release_raw` let them go
+        (they are then kept until the next release)."""
+        if self._raw_released:
+            self._reload_raw()
+        assert self._x_dev is not None
+        return self._x_dev
+
+    def raw_test_features(self) -> Features | None:
+        """The raw test features (``None``: no test data), loaded again like
+        :meth:`raw_features`."""
+        if self._raw_released:
+            self._reload_raw()
+        return self._x_test_raw
+
+    def release_raw(self) -> bool:
+        """Let the raw rows go once encoded: the splits hold float32 tensors, and a
+        DataFrame of millions of rows costs several times them. Returns whether it did.
+
+        Kept when a frame generator is fitted on raw rows, or when ``load_data`` is
+        not marked :func:`reloads_exactly` (a subclass's own). A fold or the refit on
+        every row (:meth:`use_split`, :meth:`use_all_rows`) loads them again; the
+        hold-out search never needs them.
+        """
+        reloadable = getattr(type(self).load_data, "reloads_exactly", False)
+        if not reloadable or self.generator.input_kind == "frame":
+            return False
+        self._x_dev = self._x_test_raw = None
+        self._raw_released = True
+        self.forget_source()
+        trim_heap()
+        return True
+
+    def forget_source(self) -> None:
+        """Drop whatever ``load_data`` caches, so that :meth:`release_raw` frees the rows
+        (nothing here; :class:`TabularDataModule` drops the tables it read)."""
+
+    def _reload_raw(self) -> None:
+        """Load the raw rows again; rows other than setup's are a ``VTSSError``."""
+        x, y, x_test, y_test = self.load_data()
+        y = np.asarray(y)
+        if len(y) != len(self._y_dev) or not np.array_equal(self._labels.encode(y), self._y_dev):
+            raise VTSSError(
+                "the development data changed since setup(): loading it again for a refit "
+                "gave other rows; keep the data unchanged while the DataModule is in use"
+            )
+        self._x_dev = x
+        self._x_test_raw = x_test if y_test is not None else None
+        self._raw_released = False
 
     def _prepare_split(
         self, name: str, train_idx: np.ndarray, val_idx: np.ndarray
     ) -> PreparedSplit:
         """Encode a split with preprocessing fitted on its own training rows only."""
-        x, y, fit = self._x_dev, self._y_dev, self.make_preprocessor
-        return prepare_split(name, x, y, train_idx, val_idx, fit, self.num_classes, self._device)
+        x, y, fit = self.raw_features(), self._y_dev, self.make_preprocessor
+        return prepare_split(
+            name, x, y, train_idx, val_idx, fit, self.num_classes, self._device, self.row_fitter()
+        )
+
+    def row_fitter(self) -> Callable[[Features, np.ndarray], RowPreprocessor] | None:
+        """A fit of the preprocessing on rows of the raw features by position that
+        encodes rows by position too, so that no copy of the raw training rows is made
+        (:class:`TabularDataModule`'s); ``None``: :meth:`make_preprocessor` gets a copy."""
+        return None
 
     def _require_setup(self) -> PreparedSplit:
         """The active split; a clear error instead of ``None`` before :meth:`setup`."""
@@ -215,15 +313,19 @@ class SyntheticAugmentationDataModule(_lightning.dual_base("LightningDataModule"
 
         Preprocessing and generators are fitted again on all development rows, the test
         features are encoded with that preprocessing, and the validation loader is
-        empty (its rows are training rows now). Idempotent.
+        empty (its rows are training rows now). The raw rows are then let go again
+        (:meth:`release_raw`). Idempotent.
         """
         split = self._require_setup()
         if split.name == ALL_ROWS:
             return split
         every = np.arange(len(self._y_dev))
         self.active = self._prepare_split(ALL_ROWS, every, every[:0])
-        if self._x_test_raw is not None:
-            self.x_test = self.active.preprocessor.transform(self._x_test_raw).to(self._device)
+        x_test = self.raw_test_features()
+        if x_test is not None:
+            self.x_test = self.active.preprocessor.transform(x_test).to(self._device)
+        del x_test
+        self.release_raw()
         return self.active
 
     @property
@@ -274,12 +376,13 @@ class SyntheticAugmentationDataModule(_lightning.dual_base("LightningDataModule"
     def training_tensors(
         self, sizes: Mapping[int, int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Real training rows followed by the pool prefix at ``sizes``."""
+        """Real training rows followed by the pool prefix at ``sizes``: one tensor
+        allocated and filled once (no intermediate copy of the prefix)."""
         split = self._require_setup()
         sizes = self.synthetic_sizes if sizes is None else dict(sizes)
         if any(m > 0 for m in sizes.values()):
-            synth_x, synth_y = self.prepare_pool(sizes).take(sizes)
-            return torch.cat([split.x_train, synth_x]), torch.cat([split.y_train, synth_y])
+            blocks = self.prepare_pool(sizes).prefixes(sizes)
+            return stack_rows(blocks, head=(split.x_train, split.y_train))
         return split.x_train, split.y_train
 
     def make_train_loader(

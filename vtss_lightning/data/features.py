@@ -27,7 +27,7 @@ def as_features(x: Any, what: str = "training data") -> Features:
     (the rows' role), not a silent ``inf``.
     """
     if isinstance(x, pd.DataFrame):
-        return x.reset_index(drop=True)
+        return fresh_index(x.copy(deep=False))  # the caller's columns, not a copy of them
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
         if x.dtype == torch.float64 and len(x):
@@ -76,10 +76,17 @@ def check_float32(values: np.ndarray, names: Sequence[str] | None, what: str) ->
     )
 
 
+def fresh_index(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` itself with the index ``0 .. n-1`` (set in place: ``reset_index``
+    would copy every column)."""
+    frame.index = pd.RangeIndex(len(frame))
+    return frame
+
+
 def take_rows(x: Features, idx: np.ndarray) -> Features:
     """Rows ``idx`` of ``x``, as the same kind (frames get a fresh index)."""
     if isinstance(x, pd.DataFrame):
-        return x.iloc[idx].reset_index(drop=True)
+        return fresh_index(x.iloc[idx])
     return x[torch.as_tensor(idx, dtype=torch.long)]
 
 

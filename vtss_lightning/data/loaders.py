@@ -65,9 +65,15 @@ class TensorBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.y)
         order = self.next_order()
-        x, y = (self.x, self.y) if order is None else (self.x[order], self.y[order])
         for start in range(0, n, self.batch_size):
-            yield x[start : start + self.batch_size], y[start : start + self.batch_size]
+            if order is None:
+                yield (
+                    self.x[start : start + self.batch_size],
+                    self.y[start : start + self.batch_size],
+                )
+            else:  # gathered per batch: a shuffled copy of the whole set would double it
+                rows = order[start : start + self.batch_size]
+                yield self.x[rows], self.y[rows]
 
 
 def eval_batches(x: torch.Tensor, y: torch.Tensor) -> TensorBatches:

@@ -94,9 +94,10 @@ class SyntheticPool:
         cap = self.capacity
         return all(m == 0 or cap.get(k, 0) >= m for k, m in sizes.items())
 
-    def take(self, sizes: Mapping[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """First ``sizes[k]`` rows of each class, with their labels."""
-        xs, ys = [], []
+    def prefixes(self, sizes: Mapping[int, int]) -> list[tuple[int, torch.Tensor]]:
+        """``(k, first sizes[k] rows of class k)`` for every size > 0, by class index:
+        views of the pool, no copy."""
+        out = []
         for k, m in sorted(sizes.items()):
             if m == 0:
                 continue
@@ -106,17 +107,41 @@ class SyntheticPool:
                     f"synthetic size {m} for class {k} exceeds the pool ({available} rows); "
                     "prepare the pool at the largest candidate size first"
                 )
-            block = self.rows[k][:m]
-            xs.append(block)
-            ys.append(torch.full((m,), k, dtype=torch.long, device=block.device))
-        if not xs:
+            out.append((k, self.rows[k][:m]))
+        return out
+
+    def take(self, sizes: Mapping[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """First ``sizes[k]`` rows of each class, with their labels (a new tensor)."""
+        blocks = self.prefixes(sizes)
+        if not blocks:
             empty = torch.empty(0) if self.empty is None else self.empty
             return empty, torch.empty(0, dtype=torch.long, device=empty.device)
-        return torch.cat(xs), torch.cat(ys)
+        return stack_rows(blocks)
 
     def to(self, device: torch.device) -> SyntheticPool:
         empty = None if self.empty is None else self.empty.to(device)
         return SyntheticPool({k: v.to(device) for k, v in self.rows.items()}, empty)
+
+
+def stack_rows(
+    blocks: list[tuple[int, torch.Tensor]], head: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``head`` rows (features, labels) then every ``(k, rows)`` block labelled ``k``, in
+    one preallocated tensor: the layout of ``torch.cat`` without its intermediate
+    copies."""
+    first = head[0] if head is not None else blocks[0][1]
+    n = sum(len(rows) for _, rows in blocks) + (0 if head is None else len(head[0]))
+    x = first.new_empty((n, *first.shape[1:]))
+    y = torch.empty(n, dtype=torch.long, device=first.device)
+    start = 0
+    if head is not None:
+        x[: len(head[0])], y[: len(head[0])] = head
+        start = len(head[0])
+    for k, rows in blocks:
+        x[start : start + len(rows)] = rows
+        y[start : start + len(rows)] = k
+        start += len(rows)
+    return x, y
 
 
 def free_memory_bytes(device: torch.device) -> int | None:
@@ -165,7 +190,9 @@ class PoolBuilder:
     generator
         Template generator, deep-copied for every fit.
     features
-        Raw development features; frame generators are fitted on these rows.
+        Raw development features, or a function returning them (the DataModule's,
+        which loads them again when it has let them go); frame generators are fitted
+        on these rows.
     classes
         Class labels by index, for messages.
     seed
@@ -181,14 +208,23 @@ class PoolBuilder:
     """
 
     def __init__(
-        self, generator: SyntheticGenerator, features: Features, classes: np.ndarray, seed: int
+        self,
+        generator: SyntheticGenerator,
+        features: Features | Callable[[], Features],
+        classes: np.ndarray,
+        seed: int,
     ) -> None:
         self.generator = generator
-        self.features = features
+        self._features = features
         self.classes = classes
         self.seed = seed
         self.chunk_rows = POOL_CHUNK_ROWS
         self.on_generator_fitted: Callable[[str, float], None] | None = None
+
+    @property
+    def features(self) -> Features:
+        """The raw development features (read only by frame generators' fits)."""
+        return self._features() if callable(self._features) else self._features
 
     def prepare(self, split: PreparedSplit, sizes: Mapping[int, int]) -> SyntheticPool:
         """Fit the generators (once per split) and draw the pool at ``sizes``.
@@ -210,16 +246,26 @@ class PoolBuilder:
     def _draw_class(
         self, split: PreparedSplit, k: int, m: int, drawn: torch.Tensor | None
     ) -> torch.Tensor:
-        """Class ``k``'s first ``m`` pool rows: the whole chunks of ``drawn``, then new ones."""
+        """Class ``k``'s first ``m`` pool rows: the whole chunks of ``drawn``, then new ones.
+
+        The ``m`` rows are one tensor allocated first and filled chunk by chunk, so a
+        pool costs its own size plus one chunk (a list of chunks joined by ``torch.cat``
+        cost twice the pool).
+        """
         generator = split.generators.get(k) or self._fit_class(split, k)
         split.generators[k] = generator
         where = f" for class {label_text(self.classes[k])}"
         c = self.chunk_rows
         kept = 0 if drawn is None else len(drawn) // c
-        blocks = [] if drawn is None else [drawn[: kept * c]]
+        width = split.x_train.shape[1]
+        out = torch.empty((m, width), dtype=torch.float32, device=split.x_train.device)
+        if drawn is not None:
+            out[: kept * c] = drawn[: kept * c]
         for j in range(kept, -(-m // c)):  # ceil(m / c) chunks in all
-            blocks.append(self.sample(split, generator, c, pool_chunk_seed(self.seed, k, j), where))
-        return torch.cat(blocks)[:m]
+            rows = self.sample(split, generator, c, pool_chunk_seed(self.seed, k, j), where)
+            stop = min(m, (j + 1) * c)
+            out[j * c : stop] = rows[: stop - j * c]
+        return out
 
     def _fit_class(self, split: PreparedSplit, k: int) -> SyntheticGenerator:
         """Class ``k``'s generator, fitted on all its training rows with its own seed (a

@@ -7,17 +7,23 @@ imputed, scaled and one-hot encoded (:class:`TabularPreprocessor`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from vtss_lightning.data.columns import as_text, category_pipeline, check_no_inf, check_numbers
+from vtss_lightning.data.columns import (
+    as_text,
+    category_pipeline,
+    check_no_inf,
+    check_numbers,
+    column,
+)
 from vtss_lightning.data.features import FLOAT32_MAX, Features, check_float32, extreme
 from vtss_lightning.data.schema import FeatureSchema
 from vtss_lightning.errors import VTSSError
@@ -120,12 +126,52 @@ class ImagePreprocessor(IdentityPreprocessor):
         return super().transform(x)
 
 
+#: Row positions to read in a frame (``None``: every row).
+Rows = np.ndarray | None
+
+#: Rows encoded at a time: a transform's float64 temporaries are this many rows whatever
+#: the table's length; what it keeps is the one float32 matrix it fills.
+ENCODE_CHUNK_ROWS = 1 << 16
+
+
+def numeric_values(frame: pd.DataFrame, col: str, rows: Rows = None) -> np.ndarray:
+    """Column ``col`` (of the rows at ``rows``) as float64, numbers read as text parsed
+    (a non-number is a ``VTSSError``), missing values as NaN."""
+    values = column(frame, col, rows)
+    if not pd.api.types.is_numeric_dtype(values):  # numbers read as text
+        check_numbers(values, col, share=0.0)
+        values = pd.to_numeric(values, errors="coerce")
+    return values.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def row_chunks(frame: pd.DataFrame, rows: Rows = None) -> Iterator[tuple[int, pd.DataFrame]]:
+    """``(offset, block)``: ``frame``'s rows (those at ``rows``) in blocks of
+    :data:`ENCODE_CHUNK_ROWS`, ``offset`` counting the rows before the block."""
+    n = len(frame) if rows is None else len(rows)
+    for start in range(0, n, ENCODE_CHUNK_ROWS):
+        block = slice(start, start + ENCODE_CHUNK_ROWS)
+        yield start, frame.iloc[block] if rows is None else frame.iloc[rows[block]]
+
+
+def overflows(encoded: np.ndarray) -> np.ndarray:
+    """Where encoded values are not finite or beyond float32 (an overflow: inputs are
+    finite and missing values imputed)."""
+    with np.errstate(invalid="ignore"):
+        return ~np.isfinite(encoded) | (np.abs(encoded) > FLOAT32_MAX)
+
+
 class TabularPreprocessor:
     """Impute, scale numeric columns and one-hot encode categorical ones.
 
     Fitted on the training split only, so validation and test rows never inform the
     medians, scales or category lists. Unknown categories at transform time encode as
     all-zero blocks instead of failing.
+
+    Statistics are fitted one column at a time (scikit-learn's median imputer and
+    standard scaler on that column) and rows are encoded in blocks of
+    :data:`ENCODE_CHUNK_ROWS` straight into one float32 matrix, so no float64 copy
+    of the whole table is ever made: a table of millions of rows costs its encoded
+    size, not several times it.
 
     Parameters
     ----------
@@ -169,39 +215,64 @@ class TabularPreprocessor:
         #: Categorical columns whose levels were capped: ``{name: number of levels}``.
         self.capped_columns: dict[str, int] = {}
         self._mask: torch.Tensor | None = None
-        self._transformer: ColumnTransformer | None = None
+        self._numeric: list[str] = []
+        self._median: np.ndarray | None = None  # per numeric column; None before fit
+        self._mean: np.ndarray | None = None  # None without scaling
+        self._scale: np.ndarray | None = None
+        self._categories: Pipeline | None = None
+        self._width = 0
         self.schema: FeatureSchema | None = None
         self.columns: list[str] = []
         self.imputed_columns: list[str] = []
 
-    def fit(self, frame: pd.DataFrame) -> TabularPreprocessor:
+    def fit(self, frame: pd.DataFrame, rows: Rows = None) -> TabularPreprocessor:
+        """Fit on ``frame``, or on its rows at positions ``rows`` (read in place: no copy
+        of the training rows is made)."""
         self.columns = [c for c in frame.columns if c not in self.drop]
-        numeric = [c for c in self.columns if c not in self.categorical]
-        self._numeric = numeric
-        check_no_inf(frame, numeric)
-        self.imputed_columns = [c for c in self.columns if frame[c].isna().any()]
-        num_steps: list = [("impute", SimpleImputer(strategy="median", keep_empty_features=True))]
-        if self.scale:
-            num_steps.append(("scale", StandardScaler()))
-        categories = "auto" if self.layout is None else self.layout
-        self._transformer = ColumnTransformer(
-            [
-                ("num", Pipeline(num_steps), numeric),
-                ("cat", category_pipeline(categories, self.max_categories), self.categorical),
-            ],
-            remainder="drop",
-            verbose_feature_names_out=False,
-        )
+        self._numeric = [c for c in self.columns if c not in self.categorical]
+        check_no_inf(frame, self._numeric, rows)
+        self.imputed_columns = [c for c in self.columns if column(frame, c, rows).isna().any()]
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is named below
-            self._transformer.fit(self._as_input(frame))
-        self._check_scaler(frame)
+            self._fit_numeric(frame, rows)
+            self._fit_categories(frame, rows)
+        self._check_scaler(frame, rows)
         self._mask = None
-        seen = self.transform(frame, what="training data").ne(0).any(dim=0)
-        seen[: len(numeric)] = True
+        self.check_range(frame, "training data", rows)
+        seen = self._seen_columns(frame, rows)
         if not bool(seen.all()):
             self._mask = seen.to(torch.float32)
-        self.schema = self._build_schema(numeric, seen.tolist())
+        self.schema = self._build_schema(seen.tolist())
         return self
+
+    def _fit_numeric(self, frame: pd.DataFrame, rows: Rows) -> None:
+        """Median (and mean and scale) of each numeric column, one column at a time.
+
+        The estimators are scikit-learn's, fitted per column: the medians are those of
+        a whole-table fit, the means and scales agree with it to float64 rounding.
+        """
+        medians, means, scales = [], [], []
+        for col in self._numeric:
+            values = numeric_values(frame, col, rows)[:, None]
+            imputer = SimpleImputer(strategy="median", keep_empty_features=True).fit(values)
+            medians.append(float(imputer.statistics_[0]))
+            if self.scale:
+                scaler = StandardScaler().fit(imputer.transform(values))
+                means.append(float(scaler.mean_[0]))
+                scales.append(float(scaler.scale_[0]))
+        self._median = np.asarray(medians, dtype=np.float64)
+        self._mean = np.asarray(means, dtype=np.float64) if self.scale else None
+        self._scale = np.asarray(scales, dtype=np.float64) if self.scale else None
+
+    def _fit_categories(self, frame: pd.DataFrame, rows: Rows) -> None:
+        """Most-frequent imputation and one-hot encoding of the categorical columns."""
+        self._categories = None
+        width = 0
+        if self.categorical:
+            categories = "auto" if self.layout is None else self.layout
+            pipeline = category_pipeline(categories, self.max_categories)
+            self._categories = pipeline.fit(self._text(frame, rows))
+            width = len(self._categories.get_feature_names_out())
+        self._width = len(self._numeric) + width
 
     @property
     def column_mask(self) -> torch.Tensor | None:
@@ -209,93 +280,126 @@ class TabularPreprocessor:
         return self._mask
 
     def transform(self, frame: pd.DataFrame, what: str = "data") -> torch.Tensor:
-        """Encode ``frame``; ``what`` names its rows in errors (``"test data"``)."""
-        if self._transformer is None:
+        """Encode ``frame`` into one float32 matrix; ``what`` names its rows in errors
+        (``"test data"``)."""
+        return self.transform_rows(frame, None, what)
+
+    def transform_rows(self, frame: pd.DataFrame, rows: Rows, what: str = "data") -> torch.Tensor:
+        """Encode ``frame``'s rows at positions ``rows`` (``None``: all), read in place."""
+        if self._median is None:
             raise VTSSError("preprocessor used before fit()")
-        check_no_inf(frame, self._numeric)  # validation and test rows too
+        check_no_inf(frame, self._numeric, rows)  # validation and test rows too
+        n_num = len(self._numeric)
+        n = len(frame) if rows is None else len(rows)
+        out = torch.empty((n, self._width), dtype=torch.float32)
+        matrix = out.numpy()
+        bad = np.zeros(n_num, dtype=bool)
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is named below
-            out = np.asarray(
-                self._transformer.transform(self._as_input(frame[self.columns])), np.float64
-            )
-        self._check_encoded(out[:, : len(self._numeric)], frame, what)
-        out = torch.as_tensor(out.astype(np.float32))
-        return out if self._mask is None else out * self._mask
+            for start, part in row_chunks(frame, rows):
+                block = matrix[start : start + len(part)]
+                numeric = self._encode_numeric(part)
+                bad |= overflows(numeric).any(axis=0)
+                block[:, :n_num] = numeric
+                if self._categories is not None:
+                    block[:, n_num:] = self._categories.transform(self._text(part))
+        if bad.any():
+            self._raise_overflow(frame, int(np.flatnonzero(bad)[0]), what, rows)
+        if self._mask is not None:
+            out *= self._mask
+        return out
 
-    def check_range(self, frame: pd.DataFrame, what: str) -> None:
-        """Raise, as :meth:`transform` would, when a numeric value of ``frame`` would
-        overflow float32 once encoded (cheaper: the numeric columns only)."""
-        if self._transformer is None or not self._numeric:
+    def check_range(self, frame: pd.DataFrame, what: str, rows: Rows = None) -> None:
+        """Raise, as :meth:`transform` would, when a numeric value of ``frame`` (of its
+        rows at ``rows``) would overflow float32 once encoded (cheaper: the numeric
+        columns only)."""
+        if self._median is None or not self._numeric:
             return
-        check_no_inf(frame, self._numeric)
-        numeric = self._as_input(frame[self._numeric], categorical=False)
+        check_no_inf(frame, self._numeric, rows)
+        bad = np.zeros(len(self._numeric), dtype=bool)
         with np.errstate(over="ignore", invalid="ignore"):
-            out = self._transformer.named_transformers_["num"].transform(numeric)
-        self._check_encoded(np.asarray(out, np.float64), frame, what)
+            for _, part in row_chunks(frame, rows):
+                bad |= overflows(self._encode_numeric(part)).any(axis=0)
+        if bad.any():
+            self._raise_overflow(frame, int(np.flatnonzero(bad)[0]), what, rows)
 
-    def _check_scaler(self, frame: pd.DataFrame) -> None:
+    def _encode_numeric(self, frame: pd.DataFrame) -> np.ndarray:
+        """The numeric columns of ``frame`` imputed and scaled, float64 (a row block)."""
+        out = np.empty((len(frame), len(self._numeric)), dtype=np.float64)
+        for j, col in enumerate(self._numeric):
+            out[:, j] = self._encode_column(numeric_values(frame, col), j)
+        return out
+
+    def _encode_column(self, values: np.ndarray, j: int) -> np.ndarray:
+        """Numeric column ``j``: missing values take the training median, then
+        ``(x - mean) / scale`` as scikit-learn's scaler computes it."""
+        assert self._median is not None
+        values = np.where(np.isnan(values), self._median[j], values)
+        if self._mean is not None and self._scale is not None:
+            values -= self._mean[j]
+            values /= self._scale[j]
+        return values
+
+    def _text(self, frame: pd.DataFrame, rows: Rows = None) -> pd.DataFrame:
+        """The categorical columns as the encoder sees them (text, missing kept)."""
+        return pd.DataFrame({c: as_text(column(frame, c, rows)) for c in self.categorical})
+
+    def _seen_columns(self, frame: pd.DataFrame, rows: Rows) -> torch.Tensor:
+        """Encoded columns the rows use: every numeric one, the categories they hold."""
+        seen = np.ones(self._width, dtype=bool)
+        if self._categories is not None:
+            used = np.zeros(self._width - len(self._numeric), dtype=bool)
+            for _, part in row_chunks(frame, rows):
+                used |= (self._categories.transform(self._text(part)) != 0).any(axis=0)
+            seen[len(self._numeric) :] = used
+        return torch.as_tensor(seen)
+
+    def _check_scaler(self, frame: pd.DataFrame, rows: Rows) -> None:
         """Raise when a column's training values overflow the scaler's mean or variance."""
-        if not self.scale or not self._numeric:
+        if self._mean is None or self._scale is None or not self._numeric:
             return
-        assert self._transformer is not None
-        scaler = self._transformer.named_transformers_["num"].named_steps["scale"]
         with np.errstate(invalid="ignore"):
-            ok = np.isfinite(scaler.mean_) & np.isfinite(scaler.scale_)
+            ok = np.isfinite(self._mean) & np.isfinite(self._scale)
         if ok.all():
             return
         name = self._numeric[int(np.flatnonzero(~ok)[0])]
-        peak = extreme(pd.to_numeric(frame[name], errors="coerce").to_numpy(np.float64))
+        values = pd.to_numeric(column(frame, name, rows), errors="coerce")
+        peak = extreme(values.to_numpy(np.float64))
         raise VTSSError(
             f"column {name!r} in the training data has a value of {peak:.3g}, too large to "
             "standardise (its mean or variance overflows); rescale it (e.g. other units or "
             "a log)"
         )
 
-    def _check_encoded(self, encoded: np.ndarray, frame: pd.DataFrame, what: str) -> None:
-        """Raise on encoded numeric values beyond float32, naming the raw column.
-
-        Inputs are finite (``check_no_inf``) and missing values imputed, so a
-        non-finite encoded value can only be an overflow too.
-        """
-        with np.errstate(invalid="ignore"):
-            bad = ~np.isfinite(encoded) | (np.abs(encoded) > FLOAT32_MAX)
-        if not bad.any():
-            return
-        j = int(np.flatnonzero(bad.any(axis=0))[0])
+    def _raise_overflow(self, frame: pd.DataFrame, j: int, what: str, rows: Rows) -> None:
+        """Raise for numeric column ``j`` of ``frame`` (its rows at ``rows``), whose
+        encoded values overflow float32, naming the raw column and its most extreme
+        offending value."""
         name = self._numeric[j]
-        raw = pd.to_numeric(frame[name], errors="coerce").to_numpy(np.float64)
+        raw = pd.to_numeric(column(frame, name, rows), errors="coerce").to_numpy(np.float64)
         check_float32(raw[:, None], [name], what)  # the value itself is beyond float32
-        rows = bad[:, j]
+        with np.errstate(over="ignore", invalid="ignore"):
+            encoded = self._encode_column(numeric_values(frame, name, rows), j)
+        rows = overflows(encoded)
         peak = extreme(raw[rows])
-        peak = extreme(encoded[rows, j]) if np.isnan(peak) else peak  # an imputed value
-        scaler = self._transformer.named_transformers_["num"].named_steps.get("scale")
-        scale = "" if scaler is None else f" ({scaler.scale_[j]:.3g})"
+        peak = extreme(encoded[rows]) if np.isnan(peak) else peak  # an imputed value
+        scale = "" if self._scale is None else f" ({self._scale[j]:.3g})"
         raise VTSSError(
             f"column {name!r} in the {what} has a value of {peak:.3g}, beyond float32 "
             f"(±3.4e38) once standardised with the training rows' scale{scale}; rescale it "
             "(e.g. other units or a log)"
         )
 
-    def _as_input(self, frame: pd.DataFrame, categorical: bool = True) -> pd.DataFrame:
-        frame = frame.copy()
-        for col in self._numeric:
-            if not pd.api.types.is_numeric_dtype(frame[col]):  # numbers read as text
-                check_numbers(frame[col], col, share=0.0)
-                frame[col] = pd.to_numeric(frame[col], errors="coerce")
-        for col in self.categorical if categorical else ():
-            frame[col] = as_text(frame[col])
-        return frame
-
-    def _build_schema(self, numeric: list[str], seen: list[bool]) -> FeatureSchema:
-        assert self._transformer is not None
-        names = tuple(str(n) for n in self._transformer.get_feature_names_out())
-        n_num = len(numeric)
+    def _build_schema(self, seen: list[bool]) -> FeatureSchema:
+        n_num = len(self._numeric)
+        names = [str(c) for c in self._numeric]
         groups: list[tuple[int, ...]] = []
-        start = n_num
-        if self.categorical:
-            encoder = self._transformer.named_transformers_["cat"].named_steps["onehot"]
+        self.capped_columns = {}
+        if self._categories is not None:
+            names += [str(n) for n in self._categories.get_feature_names_out()]
+            encoder = self._categories.named_steps["onehot"]
             infrequent = getattr(encoder, "infrequent_categories_", None)
             infrequent = infrequent or [None] * len(encoder.categories_)
-            self.capped_columns = {}
+            start = n_num
             for col, cats, rare in zip(
                 self.categorical, encoder.categories_, infrequent, strict=True
             ):
@@ -310,5 +414,5 @@ class TabularPreprocessor:
             n_features=len(names),
             numeric=tuple(range(n_num)),
             categorical_groups=tuple(groups),
-            names=names,
+            names=tuple(names),
         )

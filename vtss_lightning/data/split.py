@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -67,6 +68,12 @@ class PreparedSplit:
         self.pool = self.pool.to(device)
 
 
+class RowPreprocessor(Preprocessor, Protocol):
+    """A preprocessing that encodes rows of a table by position, reading them in place."""
+
+    def transform_rows(self, x: Features, rows: np.ndarray) -> torch.Tensor: ...
+
+
 def prepare_split(
     name: str,
     x: Features,
@@ -76,22 +83,35 @@ def prepare_split(
     make_preprocessor: Callable[[Features], Preprocessor],
     num_classes: int,
     device: torch.device,
+    fit_rows: Callable[[Features, np.ndarray], RowPreprocessor] | None = None,
 ) -> PreparedSplit:
     """Fit the preprocessing on the training rows only and encode both sides on ``device``.
 
     ``val_idx`` may be empty (the refit on every development row has no validation).
+    ``fit_rows(x, train_idx)``, when given, fits on the training rows of ``x`` read in
+    place and encodes both sides by position; otherwise ``make_preprocessor`` gets a
+    copy of the training rows, let go once encoded. Either way the split keeps its
+    float32 tensors only.
     """
-    x_train_raw = take_rows(x, train_idx)
-    preprocessor = make_preprocessor(x_train_raw)
-    x_train = preprocessor.transform(x_train_raw).to(device)
-    x_val = preprocessor.transform(take_rows(x, val_idx)).to(device) if len(val_idx) else x_train[:0]
+    if fit_rows is not None:
+        preprocessor = fit_rows(x, train_idx)
+        x_train = preprocessor.transform_rows(x, train_idx).to(device)
+        if len(val_idx):
+            x_val = preprocessor.transform_rows(x, val_idx).to(device)
+    else:
+        x_train_raw = take_rows(x, train_idx)
+        preprocessor = make_preprocessor(x_train_raw)
+        x_train = preprocessor.transform(x_train_raw).to(device)
+        del x_train_raw
+        if len(val_idx):
+            x_val = preprocessor.transform(take_rows(x, val_idx)).to(device)
     return PreparedSplit(
         name=name,
         train_index=train_idx,
         val_index=val_idx,
         x_train=x_train,
         y_train=torch.as_tensor(y[train_idx]).to(device),
-        x_val=x_val,
+        x_val=x_val if len(val_idx) else x_train[:0],
         y_val=torch.as_tensor(y[val_idx]).to(device),
         preprocessor=preprocessor,
         num_classes=num_classes,

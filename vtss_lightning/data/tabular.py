@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
 from vtss_lightning.data.columns import category_layout, id_like_columns, infer_categorical
-from vtss_lightning.data.datamodule import SyntheticAugmentationDataModule
+from vtss_lightning.data.datamodule import SyntheticAugmentationDataModule, reloads_exactly
+from vtss_lightning.data.features import fresh_index
 from vtss_lightning.data.preprocessing import TabularPreprocessor
 from vtss_lightning.data.sources import check_table_path, read_table, split_target
 from vtss_lightning.errors import VTSSError
@@ -107,7 +110,6 @@ class TabularDataModule(SyntheticAugmentationDataModule):
         self.max_categories = max_categories
         self._frames: tuple[pd.DataFrame, pd.DataFrame | None] | None = None
         self._id_columns: dict[str, tuple[int, int]] | None = None
-        self._test_features: pd.DataFrame | None = None
 
     @classmethod
     def from_frame(
@@ -143,6 +145,7 @@ class TabularDataModule(SyntheticAugmentationDataModule):
         test = None if x_test is None else frame(x_test, y_test)
         return cls.from_frame(frame(x, y), target="target", test_frame=test, **kwargs)
 
+    @reloads_exactly
     def load_data(self):
         train, test = self._load_frames()
         x, y = split_target(train, self.target, "training data")
@@ -152,8 +155,15 @@ class TabularDataModule(SyntheticAugmentationDataModule):
         missing = [c for c in x.columns if c not in x_test.columns]
         if missing:
             raise VTSSError(f"the test data lacks feature column(s) {missing[:5]}")
-        self._test_features = x_test[list(x.columns)].reset_index(drop=True)
-        return x, y.to_numpy(), self._test_features, y_test.to_numpy()
+        if list(x_test.columns) != list(x.columns):  # same order as training (a copy)
+            x_test = fresh_index(x_test[list(x.columns)])
+        return x, y.to_numpy(), x_test, y_test.to_numpy()
+
+    def forget_source(self) -> None:
+        """Drop the tables read from a file or built in (read again for a refit); frames
+        given to :meth:`from_frame` are the caller's and stay."""
+        if self.path is not None or self.dataset is not None:
+            self._frames = None
 
     def _load_frames(self) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         if self._frames is None:
@@ -177,21 +187,34 @@ class TabularDataModule(SyntheticAugmentationDataModule):
         are frequent) comes from ``x_train``. The development and test rows are then
         checked to fit float32 once encoded, so an overflow names its file.
         """
-        categorical = infer_categorical(x_train, self.categorical)
+        return self._fit_preprocessor(x_train, None)
+
+    def row_fitter(self) -> Callable[[pd.DataFrame, np.ndarray], TabularPreprocessor] | None:
+        """:meth:`make_preprocessor` on the development rows at given positions, read in
+        place (a subclass's own ``make_preprocessor`` gets a copy of the rows instead)."""
+        if type(self).make_preprocessor is not TabularDataModule.make_preprocessor:
+            return None
+        return self._fit_preprocessor
+
+    def _fit_preprocessor(self, x: pd.DataFrame, rows: np.ndarray | None) -> TabularPreprocessor:
+        """:meth:`make_preprocessor` of ``x``'s rows at ``rows`` (``None``: all of ``x``)."""
+        x_dev = self.raw_features()
+        categorical = infer_categorical(x, self.categorical, rows)
         if self._id_columns is None:  # the same columns in every split
-            self._id_columns = id_like_columns(self._x_dev, categorical, self.max_categories)
+            self._id_columns = id_like_columns(x_dev, categorical, self.max_categories)
         categorical = [c for c in categorical if c not in self._id_columns]
-        layout = category_layout(self._x_dev, categorical)  # same width in every split
+        layout = category_layout(x_dev, categorical)  # same width in every split
         pre = TabularPreprocessor(
             categorical,
             scale=self.scale,
             layout=layout,
             max_categories=self.max_categories,
             drop=list(self._id_columns),
-        ).fit(x_train)
-        pre.check_range(self._x_dev, "training data")  # the validation rows too
-        if self._test_features is not None:
-            pre.check_range(self._test_features, "test data")
+        ).fit(x, rows)
+        pre.check_range(x_dev, "training data")  # the validation rows too
+        x_test = self.raw_test_features()
+        if x_test is not None:
+            pre.check_range(x_test, "test data")
         return pre
 
     def setup(self, stage: str | None = None) -> None:
