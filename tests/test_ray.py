@@ -138,7 +138,7 @@ def test_stacked_trials_give_the_parallel_losses_quietly(counted_fits, capsys):
     dm = imbalanced_dm()
     model = mlp(dm)
     want = SearchEngine([0, 1, 2], folds=3, verbose=False).run(dm, ParallelScorer(model, SETTINGS))
-    scorer = RayScorer(model, SETTINGS)
+    scorer = RayScorer(model, SETTINGS, stacker=ParallelScorer)
     got = SearchEngine([0, 1, 2], folds=3).run(dm, scorer)
     out, err = capsys.readouterr()
     assert len(counted_fits) == 1 and scorer.fallback_reason is None
@@ -154,7 +154,8 @@ def test_stacked_trials_give_the_parallel_losses_quietly(counted_fits, capsys):
 def test_narrower_stacks_give_the_same_losses_and_the_winner_weights(local_ray):
     dm = imbalanced_dm()
     model = mlp(dm)
-    scorer = RayScorer(model, SETTINGS, keep_states=True, stack_size=2)  # stacks of 2 and 1
+    # stacks of 2 and 1
+    scorer = RayScorer(model, SETTINGS, keep_states=True, stack_size=2, stacker=ParallelScorer)
     result = SearchEngine(ratios=[0, 1, 2], verbose=False).run(dm, scorer)
     local = SearchEngine(ratios=[0, 1, 2], verbose=False).run(dm, ParallelScorer(model, SETTINGS))
     got = [c.val_balanced_loss for c in result.candidates]

@@ -52,7 +52,10 @@ def _parallel_halving(cfg: SearchConfig, template, settings, keep: bool) -> Scor
 def _ray(cfg: SearchConfig, template, settings: TrainerSettings, keep: bool) -> Scorer:
     from vtss_lightning.search.strategies.ray import RayScorer  # Ray is an optional extra
 
-    return RayScorer(template, settings, cfg.seed, keep_states=keep, snapshot=cfg.snapshot)
+    return RayScorer(
+        template, settings, cfg.seed, keep_states=keep, snapshot=cfg.snapshot,
+        stacker=ParallelScorer,  # trials train parallel's stacks (wired here, not imported)
+    )  # fmt: skip
 
 
 REGISTRY: dict[str, Factory] = {

@@ -180,6 +180,10 @@ class RayScorer(BaseScorer):
         candidate alone with the ``retrain`` fit.
     snapshot, memory_budget_mb
         Of the stacked trials, as :class:`~.parallel.ParallelScorer`.
+    stacker
+        The scorer class that trains a stack inside a trial (the strategy registry
+        passes :class:`~.parallel.ParallelScorer`; strategies do not import each
+        other). ``None``: every trial trains one candidate with the ``retrain`` fit.
     """
 
     #: Takes every split's jobs at once (the engine's two-phase call).
@@ -196,6 +200,7 @@ class RayScorer(BaseScorer):
         stack_size: int | None = None,
         snapshot: str = "last",
         memory_budget_mb: float | None = None,
+        stacker: type | None = None,
     ) -> None:
         super().__init__(template, settings, seed, keep_states=keep_states)
         if stack_size is not None and stack_size < 1:
@@ -206,6 +211,7 @@ class RayScorer(BaseScorer):
         self.stack_size = stack_size
         self.snapshot = snapshot
         self.memory_budget_mb = memory_budget_mb
+        self.stacker = stacker
         self.tune_runs = 0  # Tune runs started: one per run_staged with jobs
         self._staged: list[StagedJob] = []
         self._stacks: bool | None = None  # whether trials are stacks (checked once)
@@ -275,10 +281,10 @@ class RayScorer(BaseScorer):
         """Whether trials are stacks: checked once, on the first split, as ``parallel``
         checks it (its reason, when not, becomes ``fallback_reason``)."""
         if self._stacks is None:
-            if self.stack_size == 1:
+            if self.stack_size == 1 or self.stacker is None:
                 self._stacks = False
             else:
-                probe = _parallel_scorer()(self.template, self.settings, self.seed, verbose=False)
+                probe = self.stacker(self.template, self.settings, self.seed, verbose=False)
                 self._stacks = probe.prepare(dm)
                 self.fallback_reason = probe.fallback_reason
         return self._stacks
@@ -325,6 +331,7 @@ class RayScorer(BaseScorer):
             options={
                 "snapshot": self.snapshot,
                 "memory_budget_mb": self.memory_budget_mb,
+                "stacker": self.stacker,
                 "keep_states": self.keep_states,
             },
         )
@@ -484,14 +491,6 @@ def _trial_failure(result) -> str:
     return "failed: the Ray trial reported no loss"
 
 
-def _parallel_scorer():
-    """The ``parallel`` strategy's scorer, the stacking machinery of trials (imported
-    late: strategies are otherwise independent modules)."""
-    from vtss_lightning.search.strategies.parallel import ParallelScorer
-
-    return ParallelScorer
-
-
 # -------------------------------------------------------------- inside a trial
 def run_trial(config, template, settings, seed, plans, options) -> None:
     """One Ray Tune trial: a stack of one split's candidates, or one candidate's fit."""
@@ -535,7 +534,7 @@ def _trial_scorer(template, settings, seed: int, stacked: bool, options: dict) -
     """``parallel``'s scorer for a stack, else the ``retrain`` recipe (guarded)."""
     if not stacked:
         return BaseScorer(template, settings, seed, keep_states=options["keep_states"])
-    return _parallel_scorer()(
+    return options["stacker"](
         template,
         settings,
         seed,
