@@ -22,9 +22,14 @@ from vtss_lightning import TabularDataModule, VTSSTuner
 from vtss_lightning.models import TabularClassifier
 from vtss_lightning.search import SearchEngine
 from vtss_lightning.search.scores import score_jobs
-from vtss_lightning.search.strategies import RetrainScorer, TrainerSettings
+from vtss_lightning.search.strategies import RetrainScorer, TrainerSettings, _full_batch
 from vtss_lightning.search.strategies._full_batch import JointObjective, shared_rows
-from vtss_lightning.search.strategies._stack import MemberState, initial_state, without_metrics
+from vtss_lightning.search.strategies._stack import (
+    MemberState,
+    initial_state,
+    optimizer_spec,
+    without_metrics,
+)
 from vtss_lightning.search.strategies.parallel import ParallelScorer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -333,3 +338,87 @@ def test_search_engine_runs_the_joint_solve_on_k_folds():
     assert parallel.selected_ratio == retrain.selected_ratio
     for a, b in zip(retrain.candidates, parallel.candidates, strict=True):
         assert b.fold_losses == pytest.approx(a.fold_losses, abs=LOSS_TOL)
+
+
+# ------------------------------------------------------------------ batched Newton
+@pytest.fixture
+def solvers(monkeypatch):
+    """What each joint solve ran (``JointObjective.solver``), in call order."""
+    seen: list[str] = []
+    solve = _full_batch.solve
+
+    def spy(objective, *args, **kwargs):
+        out = solve(objective, *args, **kwargs)
+        seen.append(objective.solver)
+        return out
+
+    monkeypatch.setattr(_full_batch, "solve", spy)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("make", "kw"),
+    [
+        (three_class_dm, {}),
+        (three_class_dm, {"class_weight": "balanced"}),
+        (binary_dm, {"class_weight": 3.0}),
+        (partial(binary_dm, shift=6.0), {}),  # separable: the L2 penalty keeps it finite
+    ],
+    ids=["three_classes", "three_classes_weighted", "binary_weighted", "separable_l2"],
+)
+def test_newton_members_match_retrain(make, kw, solvers):
+    dm = make()
+    model = built(TabularClassifier(**kw), dm)
+    jobs = jobs_for(dm)
+    retrain, parallel, want, got = both(model, dm, jobs)
+    assert_members_match(retrain, parallel, want, got, jobs)
+    assert solvers == ["newton"] and parallel.statuses == {}
+    for _, sizes in jobs:
+        assert all(torch.isfinite(v).all() for v in parallel.trained_state(sizes).values())
+
+
+def newton_and_lbfgs(model, dm, jobs):
+    """The same members solved by Newton and by the joint L-BFGS: two weight lists."""
+    base = without_metrics(model)
+    data = [dm.training_tensors(sizes) for _, sizes in jobs]
+    state = initial_state(base, torch.device("cpu"))
+    spec = optimizer_spec(base, also=(torch.optim.LBFGS,))
+    out = []
+    for use in (True, False):
+        objective = JointObjective(base, [state] * len(jobs), data, True, "shared", len(data[0][1]))
+        _full_batch.USE_NEWTON = use
+        try:
+            _, grads = _full_batch.solve(objective, spec, 1)
+        finally:
+            _full_batch.USE_NEWTON = True
+        assert objective.solver == ("newton" if use else "lbfgs")
+        assert bool((grads <= _full_batch.CONVERGED_GRAD).all())
+        out.append(objective.states())
+    return out
+
+
+@pytest.mark.parametrize("kw", [{}, {"loss": "mse"}, {"random_features": 8}])
+def test_newton_and_the_joint_lbfgs_reach_the_same_optimum(kw):
+    """Both float64 solves stop at largest gradient entries of 1e-7 (up to ~2e-5 from the
+    optimum along the flattest direction here): ten times closer to each other than the
+    retrain tolerance."""
+    dm = three_class_dm()
+    model = built(TabularClassifier(**kw), dm)
+    newton, lbfgs = newton_and_lbfgs(model, dm, jobs_for(dm))
+    for a, b in zip(newton, lbfgs, strict=True):
+        assert weight_gap(a.params, b.params) < WEIGHT_TOL / 10
+
+
+def test_unqualified_modules_keep_the_joint_lbfgs(solvers, monkeypatch):
+    """A user's module (not a TabularClassifier), a budget retrain cannot converge in,
+    and Newton switched off all take the L-BFGS path."""
+    dm = binary_dm()
+    jobs = jobs_for(dm, (0, 1))
+    torch.manual_seed(0)
+    both(UserLogistic(dm.n_features, dm.num_classes), dm, jobs)
+    both(built(TabularClassifier(max_iter=3), dm), dm, jobs)
+    assert solvers == ["lbfgs", "lbfgs"]
+    solvers.clear()
+    monkeypatch.setattr(_full_batch, "USE_NEWTON", False)
+    assert_members_match(*both(built(TabularClassifier(), dm), dm, jobs), jobs)
+    assert solvers == ["lbfgs"]
