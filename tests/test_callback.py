@@ -85,7 +85,7 @@ def test_callback_in_a_users_module_writes_report_and_trains_final_model(tmp_pat
     assert report["test_metrics"]["positive_class"] == "pos"  # the minority (30 of 150)
     assert report["timing"]["search_seconds"] > 0 and report["timing"]["final_fit_seconds"] > 0
     assert report["config"]["model"] == "UserModel"
-    assert report["config"]["strategy"] == "retrain"
+    assert report["config"]["strategy"] == "auto"  # the default
 
     # the DataModule trains the final model at the selected size
     assert dm.synthetic_sizes == cb.result.final_index_sizes

@@ -50,6 +50,7 @@ data:
     batch_size: 2048   # one step per epoch: cheap candidates
     generator: {{class_path: vtss_lightning.generators.SMOTEGenerator}}
 vtss:
+  strategy: retrain  # one candidate at a time, so a kill lands between two of them
   ratios: {ratios}
   folds: null  # the hold-out: one progress line per finished fit
 """
@@ -212,7 +213,7 @@ def tuner_model():
 def test_tuner_resumes_from_its_progress_path(tmp_path, monkeypatch, capsys):
     path = tmp_path / "progress.jsonl"
     settings = {"max_epochs": 2, "accelerator": "cpu"}
-    full = VTSSTuner(settings, ratios=RATIOS, folds=2, verbose=False).search(
+    full = VTSSTuner(settings, ratios=RATIOS, folds=2, verbose=False, strategy="retrain").search(
         tuner_model(), small_dm()
     )
     calls = []
@@ -226,7 +227,7 @@ def test_tuner_resumes_from_its_progress_path(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(RetrainScorer, "score", dying)
     with pytest.raises(Interrupt):
-        VTSSTuner(settings, ratios=RATIOS, folds=2).search(tuner_model(), small_dm(), path)
+        VTSSTuner(settings, ratios=RATIOS, folds=2, strategy="retrain").search(tuner_model(), small_dm(), path)
     assert len(path.read_text().splitlines()) == 1 + 5
     calls.clear()
 
@@ -236,7 +237,7 @@ def test_tuner_resumes_from_its_progress_path(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(RetrainScorer, "score", counted)
     capsys.readouterr()
-    resumed = VTSSTuner(settings, ratios=RATIOS, folds=2).search(tuner_model(), small_dm(), path)
+    resumed = VTSSTuner(settings, ratios=RATIOS, folds=2, strategy="retrain").search(tuner_model(), small_dm(), path)
     assert "5 fit(s) already done" in capsys.readouterr().out
     assert len(calls) == 2 * len(RATIOS) - 5
     assert [c.fold_losses for c in resumed.candidates] == [c.fold_losses for c in full.candidates]
@@ -339,7 +340,7 @@ def callback_search(make_trainer, ratios: list[float], verbose: bool = True):
     """One ``trainer.fit`` with a VTSSCallback in ``make_trainer``'s default_root_dir."""
     dm = tabular_dm(120, 30, shift=1.2, shifted_columns=2, batch_size=64)
     pl.seed_everything(0)
-    callback = VTSSCallback(ratios=ratios, folds=None, verbose=verbose)
+    callback = VTSSCallback(ratios=ratios, folds=None, verbose=verbose, strategy="retrain")
     make_trainer(accelerator="cpu", devices=1, max_epochs=2, callbacks=[callback]).fit(
         LinearModule(), datamodule=dm
     )

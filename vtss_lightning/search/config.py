@@ -15,7 +15,9 @@ from typing import Any
 from vtss_lightning.errors import VTSSError
 
 #: Ways of training the candidates (see :mod:`vtss_lightning.search.strategies`).
-STRATEGY_NAMES = ("retrain", "finetune", "parallel", "halving", "parallel_halving", "ray")
+STRATEGY_NAMES = (
+    "auto", "retrain", "finetune", "parallel", "halving", "parallel_halving", "ray",
+)  # fmt: skip
 #: Rules that pick the winner (see :mod:`vtss_lightning.search.selection`).
 SELECTION_RULES = ("min", "one_se", "smooth", "paired_se")
 GRIDS = ("default", "tg")
@@ -38,7 +40,7 @@ class SearchConfig:
     ratios: tuple[float, ...] | None = None
     sizes: tuple[dict[str, int], ...] | None = None
     grid: str = "default"
-    strategy: str = "retrain"
+    strategy: str = "auto"
     folds: int | str | None = "auto"
     repeats: int | None = None
     finetune_fraction: float = 0.3

@@ -35,7 +35,13 @@ def _finetune(cfg: SearchConfig, template, settings: TrainerSettings, keep: bool
 
 def _parallel(cfg: SearchConfig, template, settings: TrainerSettings, keep: bool) -> Scorer:
     return ParallelScorer(
-        template, settings, cfg.seed, cfg.snapshot, keep_states=keep, verbose=cfg.verbose
+        template,
+        settings,
+        cfg.seed,
+        cfg.snapshot,
+        keep_states=keep,
+        verbose=cfg.verbose,
+        name=cfg.strategy,
     )
 
 
@@ -59,6 +65,7 @@ def _ray(cfg: SearchConfig, template, settings: TrainerSettings, keep: bool) -> 
 
 
 REGISTRY: dict[str, Factory] = {
+    "auto": _parallel,  # stacked when the module qualifies, else retrain with the reason
     "retrain": _retrain,
     "finetune": _finetune,
     "parallel": _parallel,

@@ -88,8 +88,10 @@ class ParallelScorer(BaseScorer):
         memory_budget_mb: float | None = None,
         keep_states: bool = False,
         verbose: bool = True,
+        name: str = "parallel",
     ) -> None:
         super().__init__(template, settings, seed, keep_states=keep_states)
+        self.name = name  # the strategy as the user named it, in the fallback line
         if snapshot not in SNAPSHOTS:
             raise VTSSError(f"snapshot must be 'best' or 'last', got {snapshot!r}")
         self.snapshot = snapshot
@@ -140,7 +142,7 @@ class ParallelScorer(BaseScorer):
             self.fallback_reason = self._blocker(dm)
             if self.fallback_reason is not None and self.verbose:
                 print(
-                    f"VTSS parallel: training one candidate at a time (retrain): "
+                    f"VTSS {self.name}: training one candidate at a time (retrain): "
                     f"{self.fallback_reason}",
                     flush=True,
                 )
