@@ -42,8 +42,8 @@ def search(dm, seed=0, scorer=None, store=None, **settings):
     """The engine with a recorder watching it, as ``run_search`` wires them."""
     scorer = FakeScorer() if scorer is None else scorer
     engine = SearchEngine(**{"ratios": [0, 1], "verbose": False, **settings})
-    recorder = FidelityRecorder(seed, plan_validation(engine.config, dm)).watch(scorer)
-    result = engine.run(dm, scorer, store)
+    recorder = FidelityRecorder(seed, plan_validation(engine.config, dm))
+    result = engine.run(dm, scorer, store, on_split=recorder.record)
     recorder.report_into(result, dm)
     return result, scorer
 

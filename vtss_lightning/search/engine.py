@@ -6,7 +6,7 @@ import math
 import resource
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from typing import Any, NamedTuple
@@ -66,6 +66,7 @@ class SearchEngine:
         self.selection, self.verbose = config.selection, config.verbose
         self.plan: ValidationPlan | None = plan
         self._given_plan = plan
+        self._on_split: Callable[[Any], None] | None = None
 
     @property
     def folds(self) -> int | None:
@@ -82,15 +83,22 @@ class SearchEngine:
         return [sizes_by_index(dm, s) for s in self.config.sizes]
 
     def run(
-        self, dm, scorer: Scorer, store: ScoreStore | None = None, bar: bool = False
+        self,
+        dm,
+        scorer: Scorer,
+        store: ScoreStore | None = None,
+        bar: bool = False,
+        on_split: Callable[[Any], None] | None = None,
     ) -> VTSSResult:
         """Score every candidate on every split; ``store`` keeps finished scores.
 
         A store that already holds some (split, candidate) scores, e.g. from an
         interrupted run, makes the engine skip those fits. ``bar`` draws a live bar
-        over the fits (with ``verbose``).
+        over the fits (with ``verbose``). ``on_split(dm)`` runs in every split the
+        engine enters, once its pool is drawn (the fidelity test keeps its rows there).
         """
         start = time.perf_counter()
+        self._on_split = on_split
         self.plan = self._given_plan or plan_validation(self.config, dm)
         if self.verbose and self.plan.reason != "as configured":
             self._say(f"VTSS validation: {self.plan.name} ({self.plan.reason})")
@@ -188,6 +196,8 @@ class SearchEngine:
             grid.pool_mb = max(
                 grid.pool_mb, pool_megabytes(dm.prepare_pool(max_sizes(grid.candidates, gaps)))
             )
+            if self._on_split is not None:
+                self._on_split(dm)
             scorer.begin_split(dm)
             yield gaps
 

@@ -12,8 +12,8 @@ the head of that split's own pool, the rows the candidates trained on, so a sear
 refits nothing and draws nothing more (a pool smaller than the validation sample is
 drawn on in its own seeded chunks; its head, what the candidates train on, stays).
 A split's pool lives only while the search is in it (the engine builds a fresh
-split per fold), so :class:`FidelityRecorder` takes its rows when the scorer enters
-the split (``begin_split``, called after the pool is drawn) and keeps only those
+split per fold), so :class:`FidelityRecorder` takes its rows as the engine enters
+the split (its ``on_split``, called after the pool is drawn) and keeps only those
 rows; the test runs once, after the search.
 
 Under K-fold one fold keeps a handful of minority validation rows, so the folds of
@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -130,18 +129,6 @@ class FidelityRecorder:
         self.image = False
         self.seconds = 0.0
         self._expected: list[tuple[str, Any, Any]] | None = None
-
-    def watch(self, scorer) -> FidelityRecorder:
-        """Record every split the engine enters with ``scorer`` (its ``begin_split``
-        runs inside the split, after the pool is drawn)."""
-        begin: Callable[[Any], None] = scorer.begin_split
-
-        def begin_split(dm) -> None:
-            self.record(dm)
-            begin(dm)
-
-        scorer.begin_split = begin_split
-        return self
 
     def expected(self, dm) -> list[tuple[str, Any, Any]]:
         """``(name, train, val)`` of the splits to test (the hold-out: ``None`` indices)."""

@@ -74,8 +74,8 @@ def run_search(
         if hasattr(scorer, "journal"):  # halving records its schedule there, to replay it
             scorer.journal = store
     # each split's validation rows and pool head, taken as the engine enters the split
-    fidelity = FidelityRecorder(config.seed, plan).watch(scorer)
-    result = engine.run(dm, scorer, store, bar=bar)
+    fidelity = FidelityRecorder(config.seed, plan)  # keeps each split's rows as it is entered
+    result = engine.run(dm, scorer, store, bar=bar, on_split=fidelity.record)
     fidelity.report_into(result, dm, config.verbose)  # diagnostics["fidelity"]: held-out C2ST
     if config.reuses_winner:
         result.final_state = scorer.trained_state(result.selected_index_sizes)
