@@ -22,3 +22,13 @@ class VTSSFileError(VTSSError):
     """
 
     exit_code = 1
+
+
+def error_line(err: BaseException) -> str:
+    """An error in one line for a status or a note: a ``VTSSError``'s own message, any
+    other error's type and first line."""
+    lines = str(err).strip().splitlines()
+    first = lines[0] if lines else ""
+    if isinstance(err, VTSSError):
+        return first or type(err).__name__
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__

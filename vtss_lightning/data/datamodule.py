@@ -17,6 +17,7 @@ import torch
 
 from vtss_lightning import _lightning
 from vtss_lightning.data.features import Features, as_features, maybe_features
+from vtss_lightning.data.generator_list import GeneratorChoice, as_generator_list, generator_labels
 from vtss_lightning.data.labels import LabelCodec
 from vtss_lightning.data.loaders import FeatureBatches, TensorBatches, eval_batches
 from vtss_lightning.data.pool import (
@@ -84,7 +85,11 @@ class SyntheticAugmentationDataModule(_lightning.dual_base("LightningDataModule"
     x_test, y_test
         Optional held-out test data, only ever evaluated.
     generator
-        Template generator, copied once per minority class. ``None`` uses SMOTE.
+        Template generator, copied once per minority class (a conditional one is fitted
+        once per split on every class). ``None`` uses SMOTE. A list of generators makes
+        the ``VTSSCallback`` compare (generator, size) pairs on the same folds and keep
+        the best pair (one pool per generator); :attr:`generator` is then the one in
+        use, the winner after the search.
     val_fraction
         Share of development rows held out for validation (stratified).
     batch_size
@@ -103,7 +108,7 @@ class SyntheticAugmentationDataModule(_lightning.dual_base("LightningDataModule"
         y: np.ndarray | torch.Tensor | list | None = None,
         x_test: Features | np.ndarray | None = None,
         y_test: np.ndarray | torch.Tensor | list | None = None,
-        generator: SyntheticGenerator | None = None,
+        generator: GeneratorChoice = None,
         val_fraction: float = 0.2,
         batch_size: int = 256,
         synthetic_ratio: float = 1.0,
@@ -114,11 +119,10 @@ class SyntheticAugmentationDataModule(_lightning.dual_base("LightningDataModule"
             raise VTSSError(f"val_fraction must be between 0 and 1, got {val_fraction}")
         if batch_size < 1:
             raise VTSSError(f"batch_size must be >= 1, got {batch_size}")
-        if generator is None:
-            from vtss_lightning.generators.smote import SMOTEGenerator
-
-            generator = SMOTEGenerator()
-        self.generator = generator
+        self.generators: tuple[SyntheticGenerator, ...] = as_generator_list(generator)
+        self.generator_labels: list[str] = generator_labels(self.generators)
+        self.generator: SyntheticGenerator = self.generators[0]
+        self._generator_index = 0
         self.val_fraction = val_fraction
         self.batch_size = batch_size
         self.seed = seed
@@ -210,7 +214,7 @@ class SyntheticAugmentationDataModule(_lightning.dual_base("LightningDataModule"
         hold-out search never needs them.
         """
         reloadable = getattr(type(self).load_data, "reloads_exactly", False)
-        if not reloadable or self.generator.input_kind == "frame":
+        if not reloadable or any(g.input_kind == "frame" for g in self.generators):
             return False
         self._x_dev = self._x_test_raw = None
         self._raw_released = True
@@ -287,6 +291,41 @@ class SyntheticAugmentationDataModule(_lightning.dual_base("LightningDataModule"
         assert self._pool_builder is not None  # setup() builds it before any split
         return self._pool_builder
 
+    def use_generator(self, which: int | str, drop_others: bool = False) -> SyntheticGenerator:
+        """Draw pools from one of the listed generators (by position or report label).
+
+        Each split keeps what it fitted and drew for every generator it has used, so
+        switching back reuses those fits and rows; ``drop_others`` lets the others go
+        (the search's final choice).
+        """
+        j = self._generator_position(which)
+        if j != self._generator_index:
+            for split in self._live_splits():
+                split.switch_generator(self._generator_index, j)
+            self._generator_index = j
+            self.generator = self.generators[j]
+            if self._pool_builder is not None:
+                self._pool_builder.generator = self.generator
+        if drop_others:
+            for split in self._live_splits():
+                split.stashed.clear()
+        return self.generator
+
+    def _generator_position(self, which: int | str) -> int:
+        if isinstance(which, str):
+            if which not in self.generator_labels:
+                raise VTSSError(
+                    f"no generator {which!r} is listed; the DataModule has "
+                    f"{', '.join(self.generator_labels)}"
+                )
+            return self.generator_labels.index(which)
+        if not 0 <= which < len(self.generators):
+            raise VTSSError(f"generator index {which} outside 0..{len(self.generators) - 1}")
+        return int(which)
+
+    def _live_splits(self) -> list[PreparedSplit]:
+        return list({id(s): s for s in (self.holdout, self.active) if s is not None}.values())
+
     # -------------------------------------------------------- folds & devices
     def fold_indices(
         self, folds: int, repeats: int = 1, seed: int | None = None
@@ -335,7 +374,7 @@ class SyntheticAugmentationDataModule(_lightning.dual_base("LightningDataModule"
     def to_device(self, device: torch.device | str) -> None:
         """Keep every tensor, generator and pool on ``device`` from now on."""
         self._device = torch.device(device)
-        for split in {id(s): s for s in (self.holdout, self.active) if s is not None}.values():
+        for split in self._live_splits():
             split.to(self._device)
         if self.x_test is not None:
             self.x_test, self.y_test = self.x_test.to(self._device), self.y_test.to(self._device)

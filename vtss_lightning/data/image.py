@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vtss_lightning.data.datamodule import SyntheticAugmentationDataModule
+from vtss_lightning.data.generator_list import GeneratorChoice
 from vtss_lightning.data.image_augment import RealRowAugmentedBatches, resolve_transform
 from vtss_lightning.data.image_sources import (
     IMAGE_DATASETS,
@@ -21,7 +22,6 @@ from vtss_lightning.data.image_sources import (
 from vtss_lightning.data.loaders import TensorBatches
 from vtss_lightning.data.preprocessing import ImagePreprocessor
 from vtss_lightning.errors import VTSSError
-from vtss_lightning.generators.base import SyntheticGenerator
 
 __all__ = ["ImageDataModule", "ImagePreprocessor"]
 
@@ -81,7 +81,7 @@ class ImageDataModule(SyntheticAugmentationDataModule):
         max_per_class: dict[str, int] | None = None,
         transforms: str | Callable | None = None,
         data_seed: int = 0,
-        generator: SyntheticGenerator | None = None,
+        generator: GeneratorChoice = None,
         val_fraction: float = 0.2,
         batch_size: int = 256,
         synthetic_ratio: float = 1.0,

@@ -48,6 +48,11 @@ class PreparedSplit:
     num_classes: int
     generators: dict[int, SyntheticGenerator] = field(default_factory=dict)
     pool: SyntheticPool = field(default_factory=lambda: SyntheticPool({}))
+    #: The fitted generators and pool of each other listed generator the split has used
+    #: (by its position in the DataModule's ``generators``).
+    stashed: dict[int, tuple[dict[int, SyntheticGenerator], SyntheticPool]] = field(
+        default_factory=dict
+    )
 
     @property
     def class_counts(self) -> list[int]:
@@ -62,10 +67,17 @@ class PreparedSplit:
         return {k: n_max - n for k, n in enumerate(counts)}
 
     def to(self, device: torch.device) -> None:
-        """Move the tensors (and pool) to ``device`` in place."""
+        """Move the tensors (and pools) to ``device`` in place."""
         for name in ("x_train", "y_train", "x_val", "y_val"):
             setattr(self, name, getattr(self, name).to(device))
         self.pool = self.pool.to(device)
+        self.stashed = {j: (g, pool.to(device)) for j, (g, pool) in self.stashed.items()}
+
+    def switch_generator(self, current: int, new: int) -> None:
+        """Put the fits and pool of generator ``current`` aside and take ``new``'s
+        (nothing yet when the split has not used it)."""
+        self.stashed[current] = (self.generators, self.pool)
+        self.generators, self.pool = self.stashed.pop(new, ({}, SyntheticPool({})))
 
 
 class RowPreprocessor(Preprocessor, Protocol):

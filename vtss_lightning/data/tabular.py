@@ -10,10 +10,10 @@ import pandas as pd
 from vtss_lightning.data.columns import category_layout, id_like_columns, infer_categorical
 from vtss_lightning.data.datamodule import SyntheticAugmentationDataModule, reloads_exactly
 from vtss_lightning.data.features import fresh_index
+from vtss_lightning.data.generator_list import GeneratorChoice
 from vtss_lightning.data.preprocessing import TabularPreprocessor
 from vtss_lightning.data.sources import check_table_path, read_table, split_target
 from vtss_lightning.errors import VTSSError
-from vtss_lightning.generators.base import SyntheticGenerator
 
 _IN_MEMORY = "<in-memory frame>"
 
@@ -66,7 +66,7 @@ class TabularDataModule(SyntheticAugmentationDataModule):
         categorical: list[str] | None = None,
         scale: bool = True,
         max_categories: int | None = 50,
-        generator: SyntheticGenerator | None = None,
+        generator: GeneratorChoice = None,
         val_fraction: float = 0.2,
         batch_size: int = 256,
         synthetic_ratio: float = 1.0,

@@ -53,8 +53,9 @@ TAG_DIGITS = 16
 # 4: every line tagged with its search, callback settings, notes and strategy records
 FORMAT = 4
 
-#: The file each writing store of this process opened, by the path it was given.
-_OPENED: dict[Path, Path] = {}
+#: The files the writing stores of this process opened, by the path they were given
+#: (one per listed generator in a search over several).
+_OPENED: dict[Path, list[Path]] = {}
 
 
 def fingerprint(parts: dict[str, Any], tensors: Iterable[torch.Tensor] = ()) -> str:
@@ -137,13 +138,19 @@ def progress_file_for(path: str | Path, key: str) -> Path:
     return path
 
 
+def start_search(path: str | Path) -> None:
+    """The progress files opened for ``path`` from now on belong to one search (one
+    per listed generator): :func:`remove_progress` deletes those, not an earlier
+    search's."""
+    _OPENED.pop(Path(path), None)
+
+
 def remove_progress(path: str | Path) -> None:
-    """Delete the file the last writing :class:`ProgressStore` of this process kept for
-    ``path`` (the path as given): a search's own file, never another search's. Where
+    """Delete the files the writing :class:`ProgressStore` s of this process kept for
+    ``path`` (the path as given): a search's own files, never another search's. Where
     no search ran in this process (a fit resumed from a checkpoint) nothing is removed;
     a rerun of that search would find its finished fits there."""
-    used = _OPENED.pop(Path(path), None)
-    if used is not None:
+    for used in _OPENED.pop(Path(path), []):
         used.unlink(missing_ok=True)
 
 
@@ -208,12 +215,12 @@ class ProgressStore(MemoryStore):
         self._load(verbose)
         if write:
             self._rewrite()
-            _OPENED[self.requested] = self.path
+            opened = _OPENED.setdefault(self.requested, [])
+            if self.path not in opened:
+                opened.append(self.path)
 
     # ------------------------------------------------------------- protocol
-    def put(
-        self, split: int, candidate: int, loss: float, seconds: float, comparator=None
-    ) -> None:
+    def put(self, split: int, candidate: int, loss: float, seconds: float, comparator=None) -> None:
         super().put(split, candidate, loss, seconds, comparator)
         record = {
             "split": split,

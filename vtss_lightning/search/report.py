@@ -23,6 +23,9 @@ class CandidateResult:
     fold_losses: list[float | None] = field(default_factory=list)
     seconds: float = 0.0
     status: str = "ok"
+    #: The generator whose pool the candidate drew from, by its report label, in a
+    #: search over several generators (``None``: the DataModule's one generator).
+    generator: str | None = None
 
     @property
     def total_size(self) -> int:
@@ -56,15 +59,23 @@ class VTSSResult:
     #: Weights of the winner when the search trained it with the final settings (not
     #: serialised; the callback loads them instead of refitting).
     final_state: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    #: The winning generator's label when the DataModule listed several (its
+    #: ``diagnostics["generators"]`` entry has every generator's own winner).
+    selected_generator: str | None = None
 
     @property
     def selected(self) -> CandidateResult:
-        return next(c for c in self.candidates if c.sizes == self.selected_sizes)
+        return next(
+            c
+            for c in self.candidates
+            if c.sizes == self.selected_sizes and c.generator == self.selected_generator
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = {
             "selected_ratio": self.selected_ratio,
             "selected_sizes": dict(self.selected_sizes),
+            "selected_generator": self.selected_generator,
             "candidates": [asdict(c) for c in self.candidates],
             "diagnostics": self.diagnostics,
             "timing": self.timing,
@@ -92,6 +103,7 @@ class VTSSResult:
             pool_index_sizes=_by_index(data.get("pool_index_sizes", {})),
             final_rows=data.get("final_rows", "train"),
             final_index_sizes=_by_index(data.get("final_index_sizes", {})),
+            selected_generator=data.get("selected_generator"),
         )
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -117,22 +129,30 @@ class VTSSResult:
 
         ok = [c for c in self.candidates if c.val_balanced_loss is not None]
         use_ratio = all(c.ratio is not None for c in ok)
-        xs = [c.ratio if use_ratio else c.total_size for c in ok]
-        ys = [c.val_balanced_loss for c in ok]
+
+        def x_of(c: CandidateResult) -> float:
+            return c.ratio if use_ratio else c.total_size
+
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(xs, ys, "o-", color="tab:blue", label="balanced validation loss")
-        spreads = [_sd(c.fold_losses) for c in ok]
-        if any(s > 0 for s in spreads):
-            ax.errorbar(xs, ys, yerr=spreads, fmt="none", ecolor="tab:blue", alpha=0.4)
+        curves = _by_generator(ok)
+        for n, (label, cands) in enumerate(curves.items()):
+            color = f"C{n}"
+            name = "balanced validation loss" if label is None else label
+            xs, ys = [x_of(c) for c in cands], [c.val_balanced_loss for c in cands]
+            ax.plot(xs, ys, "o-", color=color, label=name, markersize=4 if len(curves) > 1 else 6)
+            spreads = [_sd(c.fold_losses) for c in cands]
+            if any(s > 0 for s in spreads):
+                alpha = 0.4 if len(curves) == 1 else 0.2
+                ax.errorbar(xs, ys, yerr=spreads, fmt="none", ecolor=color, alpha=alpha)
         sel = self.selected
-        sx = sel.ratio if use_ratio else sel.total_size
+        which = "" if self.selected_generator is None else f"{self.selected_generator}, "
         ax.plot(
-            [sx],
+            [x_of(sel)],
             [sel.val_balanced_loss],
             "*",
             color="tab:red",
             markersize=16,
-            label=f"selected: {_fmt_sizes(self.selected_sizes)}",
+            label=f"selected: {which}{_fmt_sizes(self.selected_sizes)}",
         )
         if use_ratio:
             ax.axvline(1.0, color="grey", linestyle=":", linewidth=1, label="full balance")
@@ -171,12 +191,15 @@ class VTSSResult:
     def summary(self) -> str:
         sel = self.selected
         ratio = "" if self.selected_ratio is None else f"ratio {self.selected_ratio:g}, "
+        which = "" if self.selected_generator is None else f"generator {self.selected_generator}, "
         loss = "n/a" if sel.val_balanced_loss is None else f"{sel.val_balanced_loss:.4f}"
         lines = [
-            f"VTSS selected {ratio}sizes {_fmt_sizes(self.selected_sizes)} "
+            f"VTSS selected {which}{ratio}sizes {_fmt_sizes(self.selected_sizes)} "
             f"(balanced val loss {loss} over {len(self.candidates)} candidates, "
             f"{self.diagnostics.get('validation', 'holdout')})"
         ]
+        if self.diagnostics.get("generators"):
+            lines.append(generators_line(self.diagnostics["generators"]))
         if self.diagnostics.get("grid_extended_to"):
             grown = ", ".join(f"{r:g}" for r in self.diagnostics["grid_extended_to"])
             lines.append(f"VTSS: the largest size kept winning; the grid was extended to {grown}")
@@ -193,6 +216,27 @@ class VTSSResult:
                 f"({verdict} the selected size)"
             )
         return "\n".join(lines)
+
+
+def generators_line(entries: list[dict[str, Any]]) -> str:
+    """Each listed generator's own best size and loss, in one line."""
+    parts = []
+    for e in entries:
+        if e.get("val_balanced_loss") is None:
+            parts.append(f"{e['generator']} {e.get('status', 'failed')}")
+            continue
+        ratio = e.get("selected_ratio")
+        at = "custom sizes" if ratio is None else f"ratio {ratio:g}"
+        parts.append(f"{e['generator']} {e['val_balanced_loss']:.4f} at {at}")
+    return "VTSS generators (best size of each): " + "; ".join(parts)
+
+
+def _by_generator(cands: list[CandidateResult]) -> dict[str | None, list[CandidateResult]]:
+    """The candidates of each generator's curve, in the order listed."""
+    out: dict[str | None, list[CandidateResult]] = {}
+    for c in cands:
+        out.setdefault(c.generator, []).append(c)
+    return out
 
 
 def _by_index(sizes: dict[str, int]) -> dict[int, int]:

@@ -10,7 +10,8 @@ from vtss_lightning.search.config import SearchConfig
 from vtss_lightning.search.engine import SearchEngine
 from vtss_lightning.search.fidelity import FidelityRecorder
 from vtss_lightning.search.final_rows import ALL, describe_final_rows, plan_final_rows
-from vtss_lightning.search.progress import ProgressStore, search_fingerprint
+from vtss_lightning.search.generator_search import search_generators
+from vtss_lightning.search.progress import ProgressStore, search_fingerprint, start_search
 from vtss_lightning.search.report import VTSSResult
 from vtss_lightning.search.strategies import TrainerSettings, make_scorer
 from vtss_lightning.search.validation import resolve_validation
@@ -27,6 +28,8 @@ def use_selected_size(dm, result: VTSSResult) -> None:
     row, with preprocessing and generators fitted on them and the selected ratio of
     their gaps (``result.final_index_sizes``, :mod:`~vtss_lightning.search.final_rows`).
     """
+    if result.selected_generator is not None:  # the winner of several listed generators
+        dm.use_generator(result.selected_generator, drop_others=True)
     if result.final_rows != ALL:
         if result.pool_index_sizes:
             dm.prepare_pool(result.pool_index_sizes)
@@ -56,6 +59,29 @@ def run_search(
     final fit on the hold-out under ``final_rows="auto"``, see :mod:`.final_rows`).
     """
     config, plan = resolve_validation(config, dm)  # folds="auto" -> the scheme the data need
+    if progress_path is not None and write_progress:
+        start_search(progress_path)
+
+    def search_one() -> VTSSResult:
+        return _search_one(config, plan, dm, module, settings, progress_path, write_progress, bar)
+
+    if len(dm.generators) > 1:  # (generator, size) pairs on the same folds
+        result = search_generators(dm, search_one, config.selection, config.verbose)
+    else:
+        result = search_one()
+    final = plan_final_rows(config, plan, monitors, result.diagnostics.get("n_splits", 1))
+    describe_final_rows(result, dm, final)
+    if config.verbose and result.final_rows_line():
+        print(result.final_rows_line(), flush=True)
+    result.config["final_rows"] = final.rows
+    if len(dm.generators) > 1:
+        result.config["generators"] = [repr(g) for g in dm.generators]
+    return result
+
+
+def _search_one(config, plan, dm, module, settings, progress_path, write_progress, bar):
+    """The size search with the DataModule's generator in use: TG diagnostics (with
+    ``grid="tg"``), the engine over its grid, fidelity and the strategy's notes."""
     ratios, tg = config.ratios, None
     if config.grid == "tg":
         from vtss_lightning.search.tg import run_tg_diagnostics  # binary tasks only
@@ -87,17 +113,17 @@ def run_search(
         result.diagnostics.setdefault("notes", []).append(note)
     if tg is not None:
         result.diagnostics["tg"] = tg.to_dict()
-    final = plan_final_rows(config, plan, monitors, result.diagnostics.get("n_splits", 1))
-    describe_final_rows(result, dm, final)
-    if config.verbose and result.final_rows_line():
-        print(result.final_rows_line(), flush=True)
-    result.config = {
+    result.config = _search_settings(config, ratios, dm, module, settings)
+    return result
+
+
+def _search_settings(config, ratios, dm, module, settings) -> dict:
+    """The report's ``config``: what decided this search's scores."""
+    return {
         **config.scoring_settings(),
         "ratios": None if ratios is None else list(ratios),
         "refit": config.refit,
-        "final_rows": final.rows,
         "generator": repr(dm.generator),
         "model": type(module).__name__,
         "trainer": {k: str(v) for k, v in settings.describe().items()},
     }
-    return result
