@@ -17,6 +17,30 @@ from torch import nn
 from vtss_lightning import TabularDataModule
 
 
+def paper_linear_dm(n0: int, n1: int, seed: int = 0, generator=None) -> TabularDataModule:
+    """The paper's experiment 1 data (mixture minority), 80/20 split, set up."""
+    from vtss_lightning.data.builtin import simulate_paper_linear
+    from vtss_lightning.generators import SMOTEGenerator
+
+    x, y = simulate_paper_linear(n0, n1, np.random.default_rng(seed))
+    dm = TabularDataModule.from_arrays(x, y, generator=generator or SMOTEGenerator(), seed=seed)
+    dm.setup()
+    return dm
+
+
+def mean_shift_dm(n0: int, n1: int, d: int, seed: int = 0) -> TabularDataModule:
+    """X = -mu + xi (class 0) or +mu + xi (class 1), Gaussian xi, |mu| = 1, unscaled
+    (a locally symmetric design), set up."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n0 + n1, d))
+    x[:n0, 0] -= 1.0
+    x[n0:, 0] += 1.0
+    y = np.r_[np.zeros(n0, int), np.ones(n1, int)]
+    dm = TabularDataModule.from_arrays(x, y, scale=False, seed=seed)
+    dm.setup()
+    return dm
+
+
 def _two_classes(rng, n_neg, n_pos, n_features, shift, shifted_columns):
     """Standard normal rows; the last ``n_pos`` moved by ``shift`` in the first
     ``shifted_columns`` columns (every column when ``None``)."""

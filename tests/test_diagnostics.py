@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import mean_shift_dm as shared_mean_shift_dm
+from helpers import paper_linear_dm
 from scipy.stats import chi2
 from torch import nn
 
@@ -71,23 +73,11 @@ class FrameBootstrap(SyntheticGenerator):
 
 
 def linear_dm(generator=None, n0=4000, n1=200, seed=0) -> TabularDataModule:
-    """The paper's experiment 1 data (mixture minority), 80/20 split."""
-    x, y = simulate_paper_linear(n0, n1, np.random.default_rng(seed))
-    dm = TabularDataModule.from_arrays(x, y, generator=generator or SMOTEGenerator(), seed=seed)
-    dm.setup()
-    return dm
+    return paper_linear_dm(n0, n1, seed, generator)
 
 
 def mean_shift_dm(seed=0, n0=2000, n1=100, d=5) -> TabularDataModule:
-    """X = -mu + xi (class 0) or +mu + xi (class 1), Gaussian xi, |mu| = 1, unscaled."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n0 + n1, d))
-    x[:n0, 0] -= 1.0
-    x[n0:, 0] += 1.0
-    y = np.r_[np.zeros(n0, int), np.ones(n1, int)]
-    dm = TabularDataModule.from_arrays(x, y, scale=False, seed=seed)
-    dm.setup()
-    return dm
+    return shared_mean_shift_dm(n0, n1, d, seed)
 
 
 def logreg(dm, **kwargs) -> TabularClassifier:

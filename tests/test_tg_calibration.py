@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import mean_shift_dm, paper_linear_dm
 from scipy.stats import chi2, kstest
 
 from vtss_lightning import TabularDataModule, VTSSError
 from vtss_lightning.data.builtin import simulate_paper_linear
-from vtss_lightning.generators import SMOTEGenerator
 from vtss_lightning.models import TabularClassifier
 from vtss_lightning.search.tg import (
     ASYMMETRIC,
@@ -54,20 +54,11 @@ def logreg(dm, **kwargs) -> TabularClassifier:
 
 
 def linear_dm(n0=1500, n1=150, seed=0) -> TabularDataModule:
-    x, y = simulate_paper_linear(n0, n1, np.random.default_rng(seed))
-    dm = TabularDataModule.from_arrays(x, y, generator=SMOTEGenerator(), seed=seed)
-    dm.setup()
-    return dm
+    return paper_linear_dm(n0, n1, seed)
 
 
-def symmetric_dm(seed=0, n0=1000, n1=100, d=5) -> TabularDataModule:
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n0 + n1, d))
-    x[:n0, 0] -= 1.0
-    x[n0:, 0] += 1.0
-    dm = TabularDataModule.from_arrays(x, np.r_[np.zeros(n0, int), np.ones(n1, int)], scale=False)
-    dm.setup()
-    return dm
+def symmetric_dm() -> TabularDataModule:
+    return mean_shift_dm(1000, 100, 5)
 
 
 # ----------------------------------------------------------- size of the test
