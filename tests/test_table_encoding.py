@@ -9,12 +9,14 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from helpers import LinearModule
 from test_cli import REPO, Run, find_one, single_error_line  # tests/ is on sys.path
 
 from vtss_lightning import TabularDataModule, VTSSError, VTSSTuner
 from vtss_lightning.data.datamodule import SyntheticAugmentationDataModule
 from vtss_lightning.data.preprocessing import TabularPreprocessor
+from vtss_lightning.generators.base import SyntheticGenerator
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -238,3 +240,31 @@ def test_cli_drops_an_id_column_and_reports_it(runs):
     runs["ids"].ok()
     report = json.loads(find_one(runs["ids"].root, "vtss_report.json").read_text())
     assert any("'customer_id' dropped" in n for n in report["diagnostics"]["notes"])
+
+
+class FrameColumns(SyntheticGenerator):
+    """A frame generator that bootstraps raw rows and records the columns it was fitted on."""
+
+    input_kind = "frame"
+    name = "frame_columns"
+    seen: list[list[str]] = []
+
+    def __init__(self) -> None:
+        pass
+
+    def _fit(self, x, schema, seed):
+        FrameColumns.seen.append(list(x.columns))
+        self._rows = x.reset_index(drop=True)
+
+    def _sample(self, n, seed):
+        pick = np.random.default_rng(seed).integers(0, len(self._rows), n)
+        return self._rows.iloc[pick].reset_index(drop=True)
+
+
+def test_a_frame_generator_never_sees_a_dropped_id_column():
+    FrameColumns.seen.clear()
+    dm = TabularDataModule.from_frame(customers(600), "label", generator=FrameColumns())
+    dm.setup()
+    x, _ = dm.training_tensors({1: 50})  # fits the generator, draws and encodes its rows
+    assert FrameColumns.seen == [["spend", "plan"]]
+    assert x.shape[1] == dm.n_features and torch.isfinite(x).all()

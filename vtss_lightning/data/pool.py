@@ -169,6 +169,15 @@ def check_pool_fits(sizes: Mapping[int, int], x_train: torch.Tensor) -> None:
         )
 
 
+def encoded_columns(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The raw columns preprocessing encodes (``columns``; empty: all of them), so a frame
+    generator never learns a column that is dropped (an ID) and samples only the rest."""
+    keep = set(columns)
+    if not keep or keep.issuperset(frame.columns):
+        return frame
+    return frame[[c for c in frame.columns if c in keep]]
+
+
 class PoolBuilder:
     """Fits a split's generators (one copy of the template per class) and draws its pool.
 
@@ -321,7 +330,8 @@ class PoolBuilder:
     ) -> Rows:
         """``split``'s training rows at ``positions``: encoded, or raw for a frame generator."""
         if generator.input_kind == "frame":
-            return as_frame(take_rows(self.features, split.train_index[positions]))
+            frame = as_frame(take_rows(self.features, split.train_index[positions]))
+            return encoded_columns(frame, split.preprocessor.columns)
         return split.x_train[torch.as_tensor(positions, device=split.x_train.device)]
 
     def fit_generator(
