@@ -438,3 +438,23 @@ def test_no_extension_when_an_inner_size_wins_and_a_flat_curve_is_named():
     assert flat.diagnostics["curve"].startswith("flat")
     off = SearchEngine(extend_grid=False, verbose=False).run(dm, FakeScorer(lambda r, s: -r))
     assert [c.ratio for c in off.candidates] == list(DEFAULT_RATIOS)
+
+
+def test_kept_weights_survive_entering_the_same_split_again_not_another():
+    """A grid extension enters the hold-out again: the winner trained before it must
+    still be handed over; a fold's weights must not leak into the next split."""
+    from vtss_lightning.models import TabularClassifier
+    from vtss_lightning.search.strategies import RetrainScorer, TrainerSettings
+
+    dm = tabular_dm(80, 16, setup=True)
+    scorer = RetrainScorer(
+        TabularClassifier(), TrainerSettings.from_kwargs({"max_epochs": 1}), keep_states=True
+    )
+    scorer.begin_split(dm)
+    scorer.score(dm, {1: 8})
+    scorer.begin_split(dm)  # the hold-out again
+    assert scorer.trained_state({1: 8}) is not None
+    (name, train, val), *_ = dm.fold_indices(2)
+    with dm.use_split(name, train, val):
+        scorer.begin_split(dm)
+        assert scorer.trained_state({1: 8}) is None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
@@ -147,14 +148,22 @@ class BaseScorer:
         self.fallback_reason: str | None = None
         self.comparators: dict[str, float] = {}
         self._states: dict[tuple, dict[str, torch.Tensor]] = {}
+        self._states_split: weakref.ref | None = None  # the split they were trained in
 
     @property
     def full_batch(self) -> bool:
         return is_full_batch(self.template)
 
     def begin_split(self, dm) -> None:
-        """Forget the previous split's weights: they are reusable only where trained."""
-        self._states.clear()
+        """Forget the previous split's weights: they are reusable only where trained.
+
+        Entering the same split again (the hold-out, when the grid is extended) keeps
+        them, so a winner trained before the extension is still handed over.
+        """
+        split = dm.active
+        if self._states_split is None or self._states_split() is not split:
+            self._states.clear()
+        self._states_split = weakref.ref(split)
 
     def score(self, dm, sizes: Mapping[int, int]) -> float:
         """The retrain recipe: a clone of the template trained afresh, then scored."""
