@@ -198,3 +198,24 @@ def test_a_failing_trial_is_its_candidates_status_and_leaves_nothing_behind(
         assert c.val_balanced_loss is None
         assert c.status.startswith("failed: Ray trial error")
         assert "boom: too many rows for this trial" in c.status
+
+
+def test_ray_options_reach_the_scorer_and_are_checked_in_one_line():
+    from vtss_lightning.errors import VTSSError
+    from vtss_lightning.models import TabularClassifier
+    from vtss_lightning.search import SearchConfig
+    from vtss_lightning.search.strategies import make_scorer
+
+    options = {"resources": {"cpu": 2}, "max_concurrent": 3, "stack_size": 1}
+    config = SearchConfig(strategy="ray", ray_options=options)
+    scorer = make_scorer(config, TabularClassifier(), TrainerSettings.from_kwargs({}))
+    assert (scorer.resources, scorer.max_concurrent, scorer.stack_size) == ({"cpu": 2}, 3, 1)
+    assert "ray_options" not in config.scoring_settings()  # the layout changes no score
+    for bad, message in [
+        ({"strategy": "parallel", "ray_options": {"stack_size": 2}}, "strategy='ray' only"),
+        ({"strategy": "ray", "ray_options": {"stacks": 2}}, r"unknown ray_options \['stacks'\]"),
+        ({"strategy": "ray", "ray_options": {"stack_size": 0}}, "stack_size must be an integer"),
+        ({"strategy": "ray", "ray_options": {"resources": {"gpu": -1}}}, "amounts >= 0"),
+    ]:
+        with pytest.raises(VTSSError, match=message):
+            SearchConfig(**bad)

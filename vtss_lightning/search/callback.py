@@ -110,6 +110,11 @@ class VTSSCallback(_lightning.dual_base("Callback")):
         layer is refitted with, ``None`` (read from the pilot), ``"log"``,
         ``"squared"`` (0/1 targets) or ``"squared_pm"`` (+-1 targets, the paper's
         squared-loss designs).
+    ray_options
+        ``strategy="ray"`` only: ``resources`` of each trial (default one CPU, plus one
+        GPU when there is one, e.g. ``{"cpu": 4, "gpu": 1}``), ``max_concurrent``
+        trials at once, and ``stack_size``, the most candidates one trial trains as a
+        stack (stackable modules; ``1``: one candidate per trial, retrain's losses).
     extend_grid, max_ratio
         With the default grid, when the largest candidate wins, add one at twice its
         ratio and search on, up to ``max_ratio`` times each class's gap (a grid that
@@ -166,6 +171,7 @@ class VTSSCallback(_lightning.dual_base("Callback")):
         tg_test: Literal["calibrated", "chi2"] = "calibrated",
         tg_join_weak: bool = True,
         tg_head_loss: Literal["log", "squared", "squared_pm"] | None = None,
+        ray_options: dict[str, Any] | None = None,
     ) -> None:
         self.config = SearchConfig(
             ratios=ratios,
@@ -190,6 +196,7 @@ class VTSSCallback(_lightning.dual_base("Callback")):
             tg_test=tg_test,
             tg_join_weak=tg_join_weak,
             tg_head_loss=tg_head_loss,
+            ray_options=ray_options,
         )
         self.result: VTSSResult | None = None
         self._fit_started: float | None = None

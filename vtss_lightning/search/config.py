@@ -29,8 +29,12 @@ FINAL_ROWS = ("auto", "all", "train")
 TG_TESTS = ("calibrated", "chi2")
 TG_HEAD_LOSSES = ("log", "squared", "squared_pm")
 
-#: Settings that do not change any candidate's score (left out of the fingerprint).
-NOT_SCORING = ("verbose", "progress", "progress_path", "refit", "final_rows")
+#: What ``ray_options`` may set (see :class:`~vtss_lightning.search.strategies.ray.RayScorer`).
+RAY_OPTIONS = ("resources", "max_concurrent", "stack_size")
+
+#: Settings that do not change any candidate's score (left out of the fingerprint;
+#: Ray's trials replay ``retrain`` or ``parallel`` per candidate whatever their layout).
+NOT_SCORING = ("verbose", "progress", "progress_path", "refit", "final_rows", "ray_options")
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class SearchConfig:
     tg_test: str = "calibrated"
     tg_join_weak: bool = True
     tg_head_loss: str | None = None
+    ray_options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.ratios is not None:
@@ -71,6 +76,8 @@ class SearchConfig:
         if self.candidate_callbacks is not None:
             names = tuple(str(n) for n in self.candidate_callbacks)
             object.__setattr__(self, "candidate_callbacks", names)
+        if self.ray_options is not None:
+            object.__setattr__(self, "ray_options", dict(self.ray_options))
         for check in (_check_names, _check_grid, _check_validation, _check_strategy_settings):
             check(self)
 
@@ -162,3 +169,33 @@ def _check_strategy_settings(cfg: SearchConfig) -> None:
         raise VTSSError(f"max_ratio must be a finite number > 0, got {cfg.max_ratio}")
     if not 0 < cfg.finetune_fraction <= 1:
         raise VTSSError(f"finetune_fraction must be in (0, 1], got {cfg.finetune_fraction}")
+    _check_ray_options(cfg)
+
+
+def _check_ray_options(cfg: SearchConfig) -> None:
+    options = cfg.ray_options
+    if options is None:
+        return
+    if cfg.strategy != "ray":
+        raise VTSSError(f"ray_options apply to strategy='ray' only, not {cfg.strategy!r}")
+    unknown = sorted(set(options) - set(RAY_OPTIONS))
+    if unknown:
+        raise VTSSError(f"unknown ray_options {unknown}; choose from {', '.join(RAY_OPTIONS)}")
+    for name in ("max_concurrent", "stack_size"):
+        value = options.get(name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise VTSSError(f"ray_options {name} must be an integer >= 1, got {value!r}")
+    resources = options.get("resources")
+    if resources is not None and (
+        not isinstance(resources, dict)
+        or any(
+            isinstance(v, bool) or not isinstance(v, int | float) or v < 0
+            for v in resources.values()
+        )
+    ):
+        raise VTSSError(
+            f"ray_options resources must map resource names to amounts >= 0 "
+            f"(e.g. {{'cpu': 1, 'gpu': 1}}), got {resources!r}"
+        )

@@ -61,6 +61,7 @@ def _ray(cfg: SearchConfig, template, settings: TrainerSettings, keep: bool) -> 
     return RayScorer(
         template, settings, cfg.seed, keep_states=keep, snapshot=cfg.snapshot,
         stacker=ParallelScorer,  # trials train parallel's stacks (wired here, not imported)
+        **(cfg.ray_options or {}),  # resources, max_concurrent, stack_size
     )  # fmt: skip
 
 
