@@ -168,6 +168,33 @@ def test_folds_and_the_all_rows_refit_reload_what_they_need(tmp_path, monkeypatc
     assert all(torch.equal(a, b) for a, b in zip(lean, kept, strict=True))
 
 
+@pytest.mark.parametrize("source", ["builtin", "arrays"])
+def test_images_are_let_go_once_encoded_and_read_again_for_folds(monkeypatch, source):
+    from vtss_lightning.data.image import ImageDataModule
+    from vtss_lightning.data.image_sources import load_digit_images
+
+    def build():
+        if source == "builtin":
+            return ImageDataModule(dataset="digits_binary", seed=2)
+        x, y, *_ = load_digit_images("digits_binary")
+        return ImageDataModule(x=x, y=y, seed=2)
+
+    def encodings(dm, lean):
+        dm.setup()
+        assert (dm._loaded is None) == lean  # the read images are not kept beside the rows
+        out = [dm.holdout.x_train, dm.holdout.x_val]
+        for name, train, val in dm.fold_indices(2):
+            with dm.use_split(name, train, val) as split:
+                out += [split.x_train, split.x_val, dm.prepare_pool({1: 30}).rows[1]]
+        dm.use_all_rows()
+        return out + [dm.active.x_train, dm.prepare_pool({1: 30}).rows[1]]
+
+    lean = encodings(build(), True)
+    keep_raw(monkeypatch)
+    kept = encodings(build(), False)
+    assert all(torch.equal(a, b) for a, b in zip(lean, kept, strict=True))
+
+
 def test_a_file_changed_before_a_refit_is_an_error(tmp_path):
     path = tmp_path / "train.csv"
     table().to_csv(path, index=False)

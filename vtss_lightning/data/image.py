@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vtss_lightning.data.datamodule import SyntheticAugmentationDataModule
+from vtss_lightning.data.datamodule import SyntheticAugmentationDataModule, reloads_exactly
 from vtss_lightning.data.generator_list import GeneratorChoice
 from vtss_lightning.data.image_augment import RealRowAugmentedBatches, resolve_transform
 from vtss_lightning.data.image_sources import (
@@ -121,10 +121,17 @@ class ImageDataModule(SyntheticAugmentationDataModule):
         self._loaded: tuple | None = None
 
     # ------------------------------------------------------------------ loading
+    @reloads_exactly
     def load_data(self) -> tuple[torch.Tensor, np.ndarray, torch.Tensor | None, np.ndarray | None]:
         if self._loaded is None:
             self._loaded = self._read()
         return self._loaded
+
+    def forget_source(self) -> None:
+        """Drop the images read (a built-in set or a dataset's items, read again for a
+        fold or the refit on all rows: the encoded rows are a copy of them); arrays
+        given as ``x=`` are the caller's and stay."""
+        self._loaded = None
 
     def _read(self):
         x, y, x_test, y_test = self.images
