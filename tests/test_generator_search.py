@@ -184,3 +184,30 @@ def test_tg_vtss_judges_each_generator_on_its_own():
     assert all(e["tg"]["regime"] in ("local symmetry", "local asymmetry") for e in entries)
     winner = next(e for e in entries if e["generator"] == result.selected_generator)
     assert result.diagnostics["tg"]["regime"] == winner["tg"]["regime"]
+
+
+def test_loggers_get_one_series_per_generator():
+    from vtss_lightning.search.loggers import log_search
+
+    vaes = [VAEGenerator(steps=20), VAEGenerator(conditional=True, steps=20)]
+    result, _ = search([SMOTEGenerator(), *vaes], folds=None)
+
+    class Recorder:
+        def __init__(self):
+            self.points = []
+
+        def log_metrics(self, metrics, step):
+            self.points.append((step, metrics))
+
+    logger = Recorder()
+    log_search(result, [logger])
+    series = {}
+    for step, metrics in logger.points:
+        for name in metrics:
+            if name.endswith("/val_balanced_loss") and name.count("/") == 2:
+                series.setdefault(name, []).append(step)
+    assert series == {
+        "vtss/smote/val_balanced_loss": [0, 1, 2],
+        "vtss/vae_steps_20_/val_balanced_loss": [0, 1, 2],  # "vae(steps=20)"
+        "vtss/vae_steps_20__conditional_True_/val_balanced_loss": [0, 1, 2],
+    }

@@ -8,6 +8,7 @@ MLflow's ``log_figure``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,7 +18,8 @@ CURVE_NAME = "vtss/curve"
 
 
 def log_search(result: VTSSResult, loggers: Iterable[Any]) -> None:
-    """One point per candidate (step = its position in the grid), the selection, the figure."""
+    """One point per candidate (step = its position in the grid; one series per generator
+    when several were compared), the selection, the figure."""
     loggers = list(loggers)
     if not loggers:
         return
@@ -31,20 +33,29 @@ def log_search(result: VTSSResult, loggers: Iterable[Any]) -> None:
     }
     try:
         for logger in loggers:
-            for i, cand in enumerate(result.candidates):
+            steps: dict[str | None, int] = {}
+            for cand in result.candidates:
+                step = steps[cand.generator] = steps.get(cand.generator, -1) + 1
                 if cand.val_balanced_loss is None:
                     continue
+                prefix = "vtss/" if cand.generator is None else f"vtss/{_tag(cand.generator)}/"
                 point = {
-                    "vtss/val_balanced_loss": float(cand.val_balanced_loss),
-                    "vtss/synthetic_rows": float(cand.total_size),
+                    f"{prefix}val_balanced_loss": float(cand.val_balanced_loss),
+                    f"{prefix}synthetic_rows": float(cand.total_size),
                 }
                 if cand.ratio is not None:
-                    point["vtss/ratio"] = float(cand.ratio)
-                logger.log_metrics(point, step=i)
+                    point[f"{prefix}ratio"] = float(cand.ratio)
+                logger.log_metrics(point, step=step)
             logger.log_metrics(summary, step=0)
             log_figure(logger, CURVE_NAME, result.plot())
     finally:
         plt.close("all")
+
+
+def _tag(label: str) -> str:
+    """A generator's label as a metric-name part every logger accepts (MLflow's rules
+    are the strictest): one curve per generator, ``vtss/vae_conditional_True_/...``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", label)
 
 
 def log_figure(logger: Any, name: str, figure: Any) -> bool:
