@@ -436,3 +436,40 @@ def test_cli_refuses_a_config_that_mixes_the_packages(tmp_path, capsys):
         "vtss: error: the config names classes of both lightning.pytorch and "
         "pytorch_lightning; a Trainer takes one package's callbacks and loggers: use one of them"
     ]
+
+
+@pytest.mark.parametrize("api", ["callback", "tuner"])
+def test_the_final_fit_draws_what_it_would_without_the_search(tmp_path, api):
+    """The search consumes none of the user's randomness: after ``seed_everything`` the
+    final fit (dropout masks here) equals a plain fit at the chosen size."""
+    import pytorch_lightning as pl
+
+    def model():
+        return TabularClassifier(hidden_dims=[16], dropout=0.5, optimizer="adamw", lr=1e-2)
+
+    def plain(dm, callbacks=()):
+        trainer = pl.Trainer(
+            max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+            enable_checkpointing=False, default_root_dir=tmp_path, callbacks=list(callbacks),
+        )  # fmt: skip
+        return trainer
+
+    pl.seed_everything(7)
+    net = model()
+    dm = make_dm()
+    search = {"ratios": [0.5, 1], "folds": None, "verbose": False, "progress": False}
+    if api == "callback":
+        plain(dm, [VTSSCallback(**search)]).fit(net, datamodule=dm)
+    else:
+        VTSSTuner({"max_epochs": 3}, **search).search(net, dm)
+        plain(dm).fit(net, datamodule=dm)
+    pl.seed_everything(7)
+    alone = model()
+    dm_alone = make_dm()
+    dm_alone.setup()
+    dm_alone.set_synthetic_sizes(dm.synthetic_sizes)
+    plain(dm_alone).fit(alone, datamodule=dm_alone)
+    for (name, got), want in zip(
+        net.state_dict().items(), alone.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(got, want, msg=name)

@@ -76,12 +76,27 @@ def seeded(seed: int, cuda: bool | None = None) -> Iterator[None]:
     """
     if cuda is None:
         cuda = torch.cuda.is_available()
+    with global_rng_kept(cuda):
+        seed_all(seed, cuda=cuda)
+        yield
+
+
+@contextmanager
+def global_rng_kept(cuda: bool | None = None) -> Iterator[None]:
+    """Run the block, then put every global RNG (Python, NumPy, torch; CUDA with
+    ``cuda``, default: where available) back as it was.
+
+    The search runs inside this, so the final fit draws what it would draw without
+    the plugin (its dropout masks, a lazily built model's weights) after the user's
+    ``seed_everything``: the search consumes none of the user's randomness.
+    """
+    if cuda is None:
+        cuda = torch.cuda.is_available()
     py_state = random.getstate()
     np_state = np.random.get_state()
     torch_state = torch.get_rng_state()
     cuda_states = torch.cuda.get_rng_state_all() if cuda else None
     try:
-        seed_all(seed, cuda=cuda)
         yield
     finally:
         random.setstate(py_state)

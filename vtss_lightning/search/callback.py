@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from vtss_lightning import _lightning
+from vtss_lightning._random import global_rng_kept
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.config import SearchConfig
 from vtss_lightning.search.final_rows import validation_monitors
@@ -220,7 +221,8 @@ class VTSSCallback(_lightning.dual_base("Callback")):
         dm = _vtss_datamodule(trainer)
         dm.to_device(trainer.strategy.root_device)  # pool and batches live where training runs
         if self.result is None:  # a fit resumed from a checkpoint has its result already
-            self.result = self._search(trainer, pl_module, dm)
+            with global_rng_kept():  # the final fit draws what it would without the search
+                self.result = self._search(trainer, pl_module, dm)
             self._reused = self._reuse_winner(trainer, pl_module)
             log_search(self.result, trainer.loggers)
         use_selected_size(dm, self.result)

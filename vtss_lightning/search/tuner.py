@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vtss_lightning._random import global_rng_kept
 from vtss_lightning.search.config import SearchConfig
 from vtss_lightning.search.final_rows import callback_monitors
 from vtss_lightning.search.report import VTSSResult
@@ -74,8 +75,15 @@ class VTSSTuner:
             model.configure_from_data(datamodule)
         path = progress_path or self.config.progress_path
         bar = sys.stderr.isatty() if progress_bar is None else progress_bar
-        result = run_search(
-            self.config, datamodule, model, self.settings, path, bar=bar, monitors=self._monitors
-        )
+        with global_rng_kept():  # a following trainer.fit draws what it would without it
+            result = run_search(
+                self.config,
+                datamodule,
+                model,
+                self.settings,
+                path,
+                bar=bar,
+                monitors=self._monitors,
+            )
         use_selected_size(datamodule, result)
         return result
