@@ -1,4 +1,4 @@
-"""``strategy="parallel"``: every candidate trained at once as one stacked model.
+"""``strategy="parallel"``: every candidate of every fold trained at once as stacked models.
 
 Each member replays exactly what :class:`RetrainScorer` would do for its candidate:
 the template's initial weights, the module's own optimizer and loss, and batches of
@@ -16,9 +16,24 @@ Full-batch L-BFGS candidates of a convex model (``TabularClassifier()``'s logist
 regression) are instead solved as one problem, one L-BFGS over the sum of the members'
 objectives, whose minimiser is each member's own optimum (:mod:`._full_batch`); a member
 that problem leaves unconverged is retrained alone.
-What cannot be stacked falls back to ``retrain`` with a one-line reason. A stack that
-runs out of device memory is split in two and retried from where it started; a member
-that does not fit even alone is scored NaN with the reason in its status.
+
+Folds are stacked with candidates: the scorer takes the engine's two-phase call
+(``scores_across_splits``, the hold-out included). While the engine is inside each
+split, :meth:`stage` keeps what that split's members need (:class:`~._staged.SplitView`:
+the real rows and each class's largest pool prefix copied once per split, the
+validation rows; a member's rows are an index into them); then :meth:`run_staged`
+trains the (fold x candidate) grid as stacks, members of any folds whose input rows
+have the same shape together, as many per stack as ``memory_budget_mb`` allows (by
+default 70% of the free GPU memory, half the available memory on the CPU). A joint
+solve holds each fold's rows once (one block per fold). A member's loss and weights do
+not depend on its stack mates (its own rows, batches and validation rows; a joint
+solve's up to its tolerance), so a resumed search, which stages only the jobs still to
+do, ends as the uninterrupted one.
+
+What cannot be stacked falls back to ``retrain`` with a one-line reason (under the
+two-phase call, scored as each split is staged). A stack that runs out of device memory
+is split in two and retried from where it started; a member that does not fit even
+alone is scored NaN with the reason in its status.
 """
 
 from __future__ import annotations
@@ -29,28 +44,41 @@ import warnings
 from collections.abc import Iterator, Mapping
 
 import torch
+from torch import nn
 
 from vtss_lightning._random import seeded
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.guard import free_device_memory, is_out_of_memory
 from vtss_lightning.search.strategies import _full_batch
-from vtss_lightning.search.strategies._members import Member, settings_blocker
+from vtss_lightning.search.strategies._joint_layout import Layout, joint_blocker
+from vtss_lightning.search.strategies._members import (
+    Member,
+    candidate_major,
+    dry_run,
+    member_bytes,
+    settings_blocker,
+)
 from vtss_lightning.search.strategies._stack import (
     MemberState,
     OptimizerSpec,
     Stack,
-    activation_bytes,
-    forward_stacked_agrees,
     initial_state,
     optimizer_spec,
     training_loss,
     without_metrics,
 )
-from vtss_lightning.search.strategies._stack import _first_line as first_line
+from vtss_lightning.search.strategies._staged import (
+    SplitView,
+    default_budget_mb,
+    grouped,
+    joint_rows,
+    largest_sizes,
+)
 from vtss_lightning.search.strategies.base import (
     BaseScorer,
     Job,
     Scored,
+    StagedScored,
     clone_module,
     full_budget,
     is_full_batch,
@@ -60,7 +88,7 @@ SNAPSHOTS = ("best", "last")
 
 
 class ParallelScorer(BaseScorer):
-    """Score candidates by training them together as one stacked model.
+    """Score candidates by training them together as stacked models.
 
     Parameters
     ----------
@@ -72,9 +100,10 @@ class ParallelScorer(BaseScorer):
         ``retrain``; ``"best"``: of its best epoch by balanced validation loss.
     memory_budget_mb
         Memory the stacked training may use; members are trained in chunks that fit.
-        Default: 70% of the free GPU memory on CUDA, no limit on the CPU.
+        Default: 70% of the free GPU memory on CUDA, half the available memory on the CPU.
     keep_states
-        Keep each member's weights so the winner can become the final model.
+        Keep each member's weights so the winner can become the final model (under
+        the two-phase call: the last staged split's, as ``trained_state`` promises).
     verbose
         Print the reason when falling back to ``retrain``.
     """
@@ -101,9 +130,21 @@ class ParallelScorer(BaseScorer):
         self._oom_cap: int | None = None  # members per stack after running out of memory
         self._base = None
         self._full_state: dict[str, torch.Tensor] = {}
+        self._bases: dict[tuple, tuple[nn.Module, dict]] = {}  # by input row shape
+        self._from_data = False  # the template was built from the data (per row shape)
         self._batched = False  # the module's forward_stacked is used (checked in the dry run)
         self._spec: OptimizerSpec | None = None
-        self._joint: _full_batch.Layout | None = None  # full-batch L-BFGS: the joint solve
+        self._joint: Layout | None = None  # full-batch L-BFGS: the joint solve
+        self._staged: list[Member] = []  # the two-phase call's members, all splits
+        self._ready: list[tuple] = []  # results scored while staging (retrain fallback)
+        self._keep_split: int | None = None  # the last staged split (keep_states)
+
+    @property
+    def scores_across_splits(self) -> bool:
+        """Take every split's jobs at once (the engine's two-phase call: folds stack too),
+        unless the module is known not to stack: retrain then runs split by split, each
+        fit recorded as it ends (staged, its results would wait for the last split)."""
+        return self.fallback_reason is None and settings_blocker(self.settings) is None
 
     # ------------------------------------------------------------ scoring
     def score_many(self, dm, jobs: list[Job]) -> Iterator[Scored]:
@@ -115,23 +156,64 @@ class ParallelScorer(BaseScorer):
         if not self.prepare(dm):
             yield from super().score_many(dm, jobs)
             return
-        members = self.members(dm, jobs)
-        for chunk in self.chunks(members):
-            self.train(dm, chunk, {m.index: m.budget for m in chunk})
+        for chunk in self.chunks(self.members(dm, jobs)):
+            self.train(chunk)
             for m in chunk:
                 yield self.result(m)
-
-    def result(self, m: Member) -> tuple[int, float, float]:
-        """``(index, loss, seconds)`` of a member whose training ended; drops its state."""
-        if m.failed is not None:
-            self.statuses[m.index] = m.failed
-        self.finish(m)
-        return m.index, m.loss(), m.seconds
 
     def score(self, dm, sizes: Mapping[int, int]) -> float:
         if not self.prepare(dm):
             return super().score(dm, sizes)  # the retrain recipe
         return next(iter(self.score_many(dm, [(0, dict(sizes))])))[1]
+
+    def stage(self, dm, split: int, jobs: list[Job]) -> None:
+        """Keep what the jobs of split ``split`` (the active one) need; train nothing.
+
+        A module that cannot be stacked is scored now with the retrain recipe (it needs
+        the active split), its results kept for :meth:`run_staged`.
+        """
+        self._keep_split = split
+        if not self.prepare(dm):
+            for i, loss, secs in super().score_many(dm, jobs):
+                self._ready.append((split, i, loss, secs, self.statuses.pop(i, None)))
+            return
+        self._staged.extend(self.members(dm, jobs, split))
+
+    def run_staged(self, verbose: bool = False) -> Iterator[StagedScored]:
+        """Train every staged member, folds and candidates stacked together by input
+        shape in chunks that fit the memory budget; yield ``(split, index, loss,
+        seconds)`` as each stack finishes."""
+        ready, self._ready = self._ready, []
+        for split, i, loss, secs, status in ready:
+            self._set_status(i, status)
+            yield split, i, loss, secs
+        members, self._staged = candidate_major(self._staged), []
+        for group in grouped(members, lambda m: m.split.shape):
+            for chunk in self.chunks(group):
+                chunk.sort(key=lambda m: m.split.index)  # a fold's members side by side
+                self.train(chunk)
+                for m in chunk:
+                    i, loss, secs = self.result(m, staged=True)
+                    yield m.split.index, i, loss, secs
+
+    def result(self, m: Member, staged: bool = False) -> tuple[int, float, float]:
+        """``(index, loss, seconds)`` of a member whose training ended; drops its state.
+
+        Its status (why it failed, how it was trained) is set for the engine to copy;
+        ``staged``: cleared when it has none (statuses are keyed by candidate index,
+        and the same candidate of another fold may have left one).
+        """
+        status = m.failed if m.failed is not None else m.note
+        if status is not None or staged:
+            self._set_status(m.index, status)
+        self.finish(m)
+        return m.index, m.loss(), m.seconds
+
+    def _set_status(self, index: int, status: str | None) -> None:
+        if status is None:
+            self.statuses.pop(index, None)
+        else:
+            self.statuses[index] = status
 
     # --------------------------------------------------------- preparation
     def prepare(self, dm) -> bool:
@@ -159,8 +241,11 @@ class ParallelScorer(BaseScorer):
         if not getattr(base, "automatic_optimization", True):
             return "the module uses manual optimization"
         device = self.settings.device()
+        from_data = not any(True for _ in base.parameters()) and hasattr(
+            base, "configure_from_data"
+        )
         with seeded(self.seed):
-            if not any(True for _ in base.parameters()) and hasattr(base, "configure_from_data"):
+            if from_data:
                 base.configure_from_data(dm)
         if not any(True for _ in base.parameters()):
             return "the module has no parameters before fit (build it first)"
@@ -170,51 +255,52 @@ class ParallelScorer(BaseScorer):
         if isinstance(spec, str):
             return spec
         joint = spec.cls is torch.optim.LBFGS
-        reason = _full_batch.joint_blocker(base, spec) if joint else None
+        reason = joint_blocker(base, spec) if joint else None
         if reason is not None:
             return reason
         base.to(device)
-        self._full_state = {k: v.detach().cpu() for k, v in base.state_dict().items()}
+        full = {k: v.detach().cpu() for k, v in base.state_dict().items()}
         base = without_metrics(base)
-        try:  # a two-member dry run: forward, backward, evaluation
-            split = dm.active
-            x, y = split.x_train[:2].to(device), split.y_train[:2].to(device)
-            state = initial_state(base, device)
-            batched = forward_stacked_agrees(base, state, x)
-            if joint:
-                xj, yj = split.x_train[:5].to(device), split.y_train[:5].to(device)
-                layout = _full_batch.check_joint(base, state, xj, yj, batched)
-                if isinstance(layout, str):
-                    return layout
-                self._joint = layout
-            else:
-                stack = Stack(base, [state, state], spec, batched)
-                xs, ys = x.expand(2, *x.shape), y.expand(2, *y.shape)
-                stack.step([(None, xs, ys)])
-            Stack(base, [state, state], None, batched).balanced_losses(None, x, y, dm.num_classes)
-        except Exception as err:  # noqa: BLE001 - anything vmap cannot do
-            return f"cannot vmap {type(base).__name__}: {first_line(err)}"
-        self._base, self._spec, self._batched = base, spec, batched
+        outcome = dry_run(dm, base, spec, joint, device)
+        if isinstance(outcome, str):
+            return outcome
+        self._joint, self._batched, self._spec = *outcome, spec
+        self._base, self._full_state, self._from_data = base, full, from_data
+        self._bases[tuple(dm.active.x_train.shape[1:])] = (base, full)
         return None
 
-    def members(self, dm, jobs) -> list[Member]:
-        self._dm = dm  # the split being trained (for the no-synthetic comparator)
+    def members(self, dm, jobs: list[Job], split: int | None = None) -> list[Member]:
+        """The jobs of the active split as members; ``split``: its index in a staged search."""
+        self._dm = dm  # the split being trained (for checks)
         device = self.settings.device()
-        full = is_full_batch(self._base)
+        view = SplitView(dm, largest_sizes(jobs), device, split)
+        base = self._base_for(view)
+        full = is_full_batch(base)
         out = []
         for i, sizes in jobs:
-            loader = dm.make_train_loader(sizes, full_batch=full)
-            loader.x, loader.y = loader.x.to(device), loader.y.to(device)
-            out.append(
-                Member(
-                    i,
-                    dict(sizes),
-                    loader,
-                    full_budget(loader, self.settings),
-                    initial_state(self._base, device),
-                )
-            )
+            loader = view.loader(sizes, full_batch=full)
+            budget = full_budget(loader, self.settings)
+            state = initial_state(base, device)
+            out.append(Member(i, dict(sizes), loader, budget, state, split=view))
         return out
+
+    def _base_for(self, view: SplitView) -> nn.Module:
+        """The built template for the split's input row shape (one per shape when the
+        template is built from the data, as each fold's retrain fit builds its own)."""
+        return self._base_entry(view)[0]
+
+    def _base_entry(self, view: SplitView) -> tuple[nn.Module, dict]:
+        shape = view.shape
+        if shape not in self._bases:
+            if not self._from_data:
+                return self._base, self._full_state  # built once: one shape fits
+            base = clone_module(self.template)
+            with seeded(self.seed):
+                base.configure_from_data(view)
+            base.to(self.settings.device())
+            full = {k: v.detach().cpu() for k, v in base.state_dict().items()}
+            self._bases[shape] = (without_metrics(base), full)
+        return self._bases[shape]
 
     def chunks(self, members: list[Member]) -> list[list[Member]]:
         """Members per stack so that one stack fits ``memory_budget_mb``."""
@@ -226,38 +312,36 @@ class ParallelScorer(BaseScorer):
 
     def _members_per_stack(self, members: list[Member]) -> int:
         budget = self.memory_budget_mb
-        device = self.settings.device()
-        if budget is None and device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            budget = 0.7 * free / 2**20
+        if budget is None:
+            budget = default_budget_mb(self.settings.device())
         if budget is None or not members:
             return max(1, len(members))
-        m = members[0]
-        weights = sum(t.numel() * t.element_size() for t in m.state.weights().values())
-        x = m.loader.x[: m.loader.batch_size]
-        per_member = 6 * weights + 3 * activation_bytes(self._base, x) + 2 * x.numel() * 4
-        if self._joint is not None:  # padded to the longest member, in float64
-            x = max((m.loader.x for m in members), key=len)
-            per_member = _full_batch.joint_member_bytes(self._base, self._spec, x)
+        base = self._base_for(members[0].split)
+        per_member = member_bytes(base, self._spec, self._joint is not None, members)
         return max(1, min(len(members), int(budget * 2**20 // per_member)))
 
     # ------------------------------------------------------------ training
-    def train(self, dm, members: list[Member], targets: dict[int, int]) -> None:
-        """Train ``members`` (equal step counts) until each reaches its target step.
+    def train(self, members: list[Member], steps: int | None = None) -> None:
+        """Train ``members`` (of one input shape) to ``steps`` optimizer steps each
+        (``None``: each to its full budget; a number: a halving rung).
 
         Out of device memory, the members go back to where they started and train
         again as two smaller stacks (and so on down to one); a member that runs out of
         memory alone is marked failed and trains no further.
         """
-        members = [m for m in members if m.failed is None]
+        for m in members:
+            m.target = m.budget if steps is None else steps
+        self._guarded([m for m in members if m.failed is None])
+
+    def _guarded(self, members: list[Member]) -> None:
         cap = self._oom_cap
         if cap is not None and len(members) > cap:
             for i in range(0, len(members), cap):
-                self.train(dm, members[i : i + cap], targets)
+                self._guarded(members[i : i + cap])
             return
         snaps = [m.snapshot() for m in members]
         try:
-            self._train(dm, members, targets)
+            self._train(members)
         except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled
             if not is_out_of_memory(exc):
                 raise
@@ -276,32 +360,32 @@ class ParallelScorer(BaseScorer):
                 f"VTSS parallel: out of memory with {len(members)} members per stack; "
                 f"retrying with {self._oom_cap}",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-            self.train(dm, members, targets)
+            self._guarded(members)
 
-    def _train(self, dm, members: list[Member], targets: dict[int, int]) -> None:
-        if self._joint is not None:
-            self._solve(dm, members, targets)
+    def _train(self, members: list[Member]) -> None:
+        if not members:
             return
-        split = dm.active
-        device = self.settings.device()
-        x_val, y_val = split.x_val.to(device), split.y_val.to(device)
-        active = [m for m in members if m.steps < targets[m.index]]
+        if self._joint is not None:
+            self._solve(members)
+            return
+        base = self._base_for(members[0].split)
+        active = [m for m in members if m.steps < m.target]
         t0 = time.perf_counter()
         with seeded(self.seed + members[0].steps):
             while active:
-                stack = Stack(self._base, [m.state for m in active], self._spec, self._batched)
-                done = self._run(stack, active, targets, x_val, y_val, dm.num_classes)
+                stack = Stack(base, [m.state for m in active], self._spec, self._batched)
+                done = {id(m) for m in self._run(stack, active)}
                 for m, state in zip(active, stack.unstack(), strict=True):
                     m.state = state
-                active = [m for m in active if m not in done]
+                active = [m for m in active if id(m) not in done]
         elapsed = time.perf_counter() - t0
-        steps = sum(max(1, targets[m.index]) for m in members)
+        steps = sum(max(1, m.target) for m in members)
         for m in members:
-            m.seconds += elapsed * max(1, targets[m.index]) / steps
+            m.seconds += elapsed * max(1, m.target) / steps
 
-    def _run(self, stack: Stack, active, targets, x_val, y_val, num_classes) -> list[Member]:
+    def _run(self, stack: Stack, active: list[Member]) -> list[Member]:
         """Step the stack until a member reaches its target; returns those that did."""
         while True:
             batches = [m.next_batch() for m in active]
@@ -316,86 +400,80 @@ class ParallelScorer(BaseScorer):
             due, done = [], []
             for j, (m, n) in enumerate(zip(active, lengths, strict=True)):
                 epoch_end = m.advance(n)
-                reached = m.steps >= targets[m.index]
+                reached = m.steps >= m.target
                 if reached:
                     done.append(m)
                 if reached or (epoch_end and self.snapshot == "best"):
                     due.append(j)
             if due:
-                self._evaluate(stack, active, due, x_val, y_val, num_classes)
+                self._evaluate(stack, active, due)
             if done:
                 return done
 
-    def _evaluate(self, stack: Stack, active, due, x_val, y_val, num_classes) -> None:
-        losses = stack.balanced_losses(
-            None if len(due) == len(active) else due, x_val, y_val, num_classes
-        )
-        for loss, j in zip(losses, due, strict=True):
-            m = active[j]
-            m.evaluated_at = m.steps
-            weights = stack.member_weights(j)
-            if m.best_loss is None or self.snapshot == "last":
-                m.best_loss, m.best = loss.clone(), {n: w.clone() for n, w in weights.items()}
-                continue
-            better = loss < m.best_loss  # stays on the device: no host sync per epoch
-            m.best_loss = torch.where(better, loss, m.best_loss)
-            m.best = {n: torch.where(better, w, m.best[n]) for n, w in weights.items()}
+    def _evaluate(self, stack: Stack, active: list[Member], due: list[int]) -> None:
+        """Score the due members on their own split's validation rows; keep the best."""
+        for part in grouped(due, lambda j: id(active[j].split)):
+            split = active[part[0]].split
+            idx = None if len(part) == len(active) else part
+            losses = stack.balanced_losses(idx, split.x_val, split.y_val, split.num_classes)
+            for loss, j in zip(losses, part, strict=True):
+                active[j].keep(loss, stack.member_weights(j), self.snapshot == "best")
 
     # ------------------------------------------------ full-batch L-BFGS (joint)
-    def _solve(self, dm, members: list[Member], targets: dict[int, int]) -> None:
+    def _solve(self, members: list[Member]) -> None:
         """Full-batch L-BFGS members solved as one problem (:mod:`._full_batch`), scored.
 
-        The members of one call share their step target (retrain's epochs). A member the
-        joint solve leaves unconverged is retrained alone with the retrain recipe, so
-        every member ends at its own optimum or exactly at retrain's weights.
+        Members of one fold are side by side (one rows block per fold). A member the
+        joint solve leaves unconverged is retrained alone with the retrain recipe on its
+        own split's rows, so every member ends at its own optimum or exactly at
+        retrain's weights.
         """
-        active = [m for m in members if m.steps < targets[m.index]]
+        active = [m for m in members if m.steps < m.target]
         if not active:
             return
-        split, device = dm.active, self.settings.device()
-        val = (split.x_val.to(device), split.y_val.to(device), dm.num_classes)
         t0 = time.perf_counter()
         objective = _full_batch.JointObjective(
-            self._base,
+            self._base_for(active[0].split),
             [m.state for m in active],
-            [(m.loader.x, m.loader.y) for m in active],
+            [joint_rows(m.loader) for m in active],
             self._batched,
             self._joint.mode,
-            len(split.y_train),
+            active[0].split.n_real,
             self._joint.stacked_penalty,
         )
         best = self.snapshot == "best"  # then every L-BFGS step (epoch) is scored
         taken, grads = _full_batch.solve(
             objective,
             self._spec,
-            max(targets[m.index] - m.steps for m in active),
-            (lambda obj: self._score_states(active, obj.states(), *val)) if best else None,
+            max(m.target - m.steps for m in active),
+            (lambda obj: self._score_states(active, obj.states())) if best else None,
         )
         share = (time.perf_counter() - t0) / len(active)
         ok = _full_batch.converged(grads, self._spec).tolist()
         for m, state, good, grad in zip(
             active, objective.states(), ok, grads.tolist(), strict=True
         ):
-            m.steps = targets[m.index]
+            m.steps = m.target
             m.seconds += share
-            m.state = state if good else self._retrained(dm, m, targets[m.index], grad, taken)
-        self._score_states(active, [m.state for m in active], *val)
+            m.state = state if good else self._retrained(m, grad, taken)
+        self._score_states(active, [m.state for m in active])
 
-    def _score_states(self, members: list[Member], states, x_val, y_val, num_classes) -> None:
-        stack = Stack(self._base, states, None, self._batched)
-        self._evaluate(stack, members, list(range(len(members))), x_val, y_val, num_classes)
+    def _score_states(self, members: list[Member], states: list[MemberState]) -> None:
+        stack = Stack(self._base_for(members[0].split), states, None, self._batched)
+        self._evaluate(stack, members, list(range(len(members))))
 
-    def _retrained(self, dm, m: Member, target: int, grad: float, taken: int) -> MemberState:
-        """The member trained alone with the retrain recipe for ``target`` L-BFGS steps
-        (a halving rung: fewer than its budget); its status says why."""
+    def _retrained(self, m: Member, grad: float, taken: int) -> MemberState:
+        """The member trained alone with the retrain recipe for ``m.target`` L-BFGS
+        steps (a halving rung: fewer than its budget) on its own split's rows (that
+        split may no longer be active); its status says why."""
         t0 = time.perf_counter()
-        rung = target if target < m.budget else None
-        model = self.fit(clone_module(self.template), dm, m.sizes, max_steps=rung)
+        rung = m.target if m.target < m.budget else None
+        model = self.fit(clone_module(self.template), m.split, m.sizes, max_steps=rung)
         device = self.settings.device()
         params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
         m.best_loss = None  # scored afresh on these weights
         m.seconds += time.perf_counter() - t0
-        self.statuses[m.index] = (
+        m.note = (
             f"trained alone (retrain recipe): the joint L-BFGS left its largest gradient "
             f"entry at {grad:.1e} (> {_full_batch.acceptance(self._spec):g}) after {taken} "
             "L-BFGS step(s)"
@@ -407,15 +485,17 @@ class ParallelScorer(BaseScorer):
 
     def finish(self, m: Member, keep: bool = True) -> None:
         """Keep the member's chosen weights for reuse and drop its training state."""
-        if keep and self.keep_states:
-            self.keep(m.sizes, self._state_dict(m.best))
+        base, full = self._base_entry(m.split)
+        if keep and self.keep_states and m.split.index in (None, self._keep_split):
+            self.keep(m.sizes, self._state_dict(full, m.best))
         if keep and not any(m.sizes.values()) and m.failed is None and m.best:
-            model = copy.deepcopy(self._base)  # built and metric-free: the stacked keys
+            model = copy.deepcopy(base)  # built and metric-free: the stacked keys
             model.load_state_dict({**model.state_dict(), **m.best})
-            self.record_comparator(model, self._dm, m.sizes)
+            self.record_comparator(model, m.split, m.sizes)
         m.state = MemberState({}, {})
-        m.epoch_x = m.epoch_y = None
+        m.order = None
 
-    def _state_dict(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        full = self._full_state  # the module's keys, metrics' persistent states included
+    @staticmethod
+    def _state_dict(full: dict, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The module's keys (metrics' persistent states included), the member's weights."""
         return {k: weights.get(k, v).detach().cpu().clone() for k, v in full.items()}
