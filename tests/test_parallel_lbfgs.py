@@ -422,3 +422,52 @@ def test_unqualified_modules_keep_the_joint_lbfgs(solvers, monkeypatch):
     monkeypatch.setattr(_full_batch, "USE_NEWTON", False)
     assert_members_match(*both(built(TabularClassifier(), dm), dm, jobs), jobs)
     assert solvers == ["lbfgs"]
+
+
+class SquaredHingeClassifier(TabularClassifier):
+    """Redefines the per-row loss: Newton's derivatives must come from autograd."""
+
+    def per_sample_loss(self, scores, y):
+        margin = 1 - (2 * y.to(scores.dtype) - 1) * (scores[:, 1] - scores[:, 0])
+        return F.relu(margin).pow(2)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+@pytest.mark.parametrize("make", [binary_dm, three_class_dm], ids=["binary", "three_classes"])
+def test_newtons_closed_form_derivatives_equal_autograds(make, loss, monkeypatch):
+    """The log and squared losses' closed-form output derivatives give the value,
+    gradient and Hessian autograd gives, member by member."""
+    from vtss_lightning.search.strategies import _newton
+
+    dm = make()
+    model = built(TabularClassifier(loss=loss, class_weight="balanced"), dm)
+    base = without_metrics(model)
+    jobs = jobs_for(dm)
+    data = [dm.training_tensors(sizes) for _, sizes in jobs]
+    objective = JointObjective(
+        base,
+        [initial_state(base, torch.device("cpu"))] * len(jobs),
+        data,
+        True,
+        "shared",
+        len(data[0][1]),
+    )
+    head = _newton.newton_head(objective, optimizer_spec(base, also=(torch.optim.LBFGS,)), 1)
+    assert head is not None
+    theta = _newton._theta(objective, head) + 0.3 * torch.randn_like(
+        _newton._theta(objective, head)
+    )
+    closed = _newton._derivatives(objective, head, theta)
+    monkeypatch.setattr(_newton, "_closed_form", lambda *a: None)
+    auto = _newton._derivatives(objective, head, theta)
+    for a, b in zip(closed, auto, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_a_module_with_its_own_loss_gets_autograd_derivatives():
+    from vtss_lightning.search.strategies import _newton
+
+    dm = binary_dm()
+    model = built(SquaredHingeClassifier(), dm)
+    block = type("B", (), {})()
+    assert _newton._closed_form(model, block, None, torch.zeros(1, 1, 1)) is None

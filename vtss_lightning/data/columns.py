@@ -139,13 +139,3 @@ def category_layout(frame: pd.DataFrame, categorical: list[str]) -> list[list] |
     text = pd.DataFrame({c: as_text(frame[c]) for c in categorical})
     encoder = category_pipeline("auto").fit(text).named_steps["onehot"]
     return [list(cats) for cats in encoder.categories_]
-
-
-def check_no_inf(frame: pd.DataFrame, numeric: list[str], rows: np.ndarray | None = None) -> None:
-    """Raise on ±inf in a numeric column (of the rows at ``rows``): imputation fills NaN
-    only, scaling would give NaN."""
-    for col in numeric:
-        values = pd.to_numeric(column(frame, col, rows), errors="coerce")
-        values = values.to_numpy(dtype=np.float64)
-        if np.isinf(values).any():
-            raise VTSSError(f"column {col!r} contains ±inf values; replace them or drop the rows")

@@ -17,13 +17,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from vtss_lightning.data.columns import (
-    as_text,
-    category_pipeline,
-    check_no_inf,
-    check_numbers,
-    column,
-)
+from vtss_lightning.data.columns import as_text, category_pipeline, check_numbers, column
 from vtss_lightning.data.features import FLOAT32_MAX, Features, check_float32, extreme
 from vtss_lightning.data.schema import FeatureSchema
 from vtss_lightning.errors import VTSSError
@@ -132,6 +126,10 @@ Rows = np.ndarray | None
 #: Rows encoded at a time: a transform's float64 temporaries are this many rows whatever
 #: the table's length; what it keeps is the one float32 matrix it fills.
 ENCODE_CHUNK_ROWS = 1 << 16
+#: Values (rows x columns) of one float64 block of training columns when statistics are
+#: fitted: a small table's numeric columns are read and fitted at once (one estimator
+#: call, not one per column), a long one's a few columns at a time (32 MiB).
+FIT_BLOCK_VALUES = 1 << 22
 
 
 def numeric_values(frame: pd.DataFrame, col: str, rows: Rows = None) -> np.ndarray:
@@ -142,6 +140,43 @@ def numeric_values(frame: pd.DataFrame, col: str, rows: Rows = None) -> np.ndarr
         check_numbers(values, col, share=0.0)
         values = pd.to_numeric(values, errors="coerce")
     return values.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def numeric_block(
+    frame: pd.DataFrame, cols: list[str], rows: Rows = None, strict: bool = True
+) -> np.ndarray:
+    """Columns ``cols`` (of the rows at ``rows``) as one float64 matrix of its own,
+    missing values as NaN.
+
+    The rows are taken once for all the columns (one pandas selection, not one per
+    column); numbers read as text are parsed, a non-number being a ``VTSSError``
+    (``strict``) or NaN. The matrix is column-major, so every column is reduced
+    exactly as it would be on its own.
+    """
+    source = frame if rows is None else frame.iloc[rows, frame.columns.get_indexer(cols)]
+    out = np.empty((len(source), len(cols)), dtype=np.float64, order="F")
+    for j, col in enumerate(cols):
+        values = source[col]
+        if pd.api.types.is_numeric_dtype(values):
+            out[:, j] = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        elif strict:
+            out[:, j] = numeric_values(source, col)
+        else:
+            values = pd.to_numeric(values, errors="coerce")
+            out[:, j] = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    return out
+
+
+def column_groups(cols: list[str], n_rows: int) -> list[list[str]]:
+    """``cols`` in consecutive groups of at most :data:`FIT_BLOCK_VALUES` values over
+    ``n_rows`` rows (at least one column each)."""
+    size = max(1, FIT_BLOCK_VALUES // max(n_rows, 1))
+    return [cols[i : i + size] for i in range(0, len(cols), size)]
+
+
+def raise_inf(name: str) -> None:
+    """±inf cannot be imputed (only NaN is) and would give NaN once scaled."""
+    raise VTSSError(f"column {name!r} contains ±inf values; replace them or drop the rows")
 
 
 def row_chunks(frame: pd.DataFrame, rows: Rows = None) -> Iterator[tuple[int, pd.DataFrame]]:
@@ -167,11 +202,11 @@ class TabularPreprocessor:
     medians, scales or category lists. Unknown categories at transform time encode as
     all-zero blocks instead of failing.
 
-    Statistics are fitted one column at a time (scikit-learn's median imputer and
-    standard scaler on that column) and rows are encoded in blocks of
-    :data:`ENCODE_CHUNK_ROWS` straight into one float32 matrix, so no float64 copy
-    of the whole table is ever made: a table of millions of rows costs its encoded
-    size, not several times it.
+    Statistics are fitted on blocks of columns of at most :data:`FIT_BLOCK_VALUES`
+    values (scikit-learn's median imputer and standard scaler; a small table's numeric
+    columns in one block) and rows are encoded in blocks of :data:`ENCODE_CHUNK_ROWS`
+    straight into one float32 matrix, so no float64 copy of the whole table is ever
+    made: a table of millions of rows costs its encoded size, not several times it.
 
     Parameters
     ----------
@@ -230,11 +265,15 @@ class TabularPreprocessor:
         of the training rows is made)."""
         self.columns = [c for c in frame.columns if c not in self.drop]
         self._numeric = [c for c in self.columns if c not in self.categorical]
-        check_no_inf(frame, self._numeric, rows)
-        self.imputed_columns = [c for c in self.columns if column(frame, c, rows).isna().any()]
+        self._check_no_inf(frame, rows)
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is named below
-            self._fit_numeric(frame, rows)
+            missing = self._fit_numeric(frame, rows)
             self._fit_categories(frame, rows)
+        self.imputed_columns = [
+            c
+            for c in self.columns
+            if (missing[c] if c in missing else bool(column(frame, c, rows).isna().any()))
+        ]
         self._check_scaler(frame, rows)
         self._mask = None
         self.check_range(frame, "training data", rows)
@@ -244,24 +283,48 @@ class TabularPreprocessor:
         self.schema = self._build_schema(seen.tolist())
         return self
 
-    def _fit_numeric(self, frame: pd.DataFrame, rows: Rows) -> None:
-        """Median (and mean and scale) of each numeric column, one column at a time.
+    def _numeric_blocks(
+        self, frame: pd.DataFrame, rows: Rows, strict: bool = True
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first column, block)``: the numeric columns of the rows at ``rows`` in
+        :func:`column_groups`, each read as one float64 :func:`numeric_block`."""
+        n = len(frame) if rows is None else len(rows)
+        start = 0
+        for cols in column_groups(self._numeric, n):
+            yield start, numeric_block(frame, cols, rows, strict)
+            start += len(cols)
 
-        The estimators are scikit-learn's, fitted per column: the medians are those of
-        a whole-table fit, the means and scales agree with it to float64 rounding.
+    def _check_no_inf(self, frame: pd.DataFrame, rows: Rows) -> None:
+        """Raise on ±inf in a numeric column (the first such column), read as numbers
+        where it can be (a text column's non-numbers are named later)."""
+        for start, block in self._numeric_blocks(frame, rows, strict=False):
+            bad = np.isinf(block).any(axis=0)
+            if bad.any():
+                raise_inf(self._numeric[start + int(np.flatnonzero(bad)[0])])
+
+    def _fit_numeric(self, frame: pd.DataFrame, rows: Rows) -> dict[str, bool]:
+        """Median (and mean and scale) of each numeric column; whether each has missing
+        values.
+
+        The estimators are scikit-learn's, fitted on blocks of columns (each column's
+        statistics are its own: a whole-table fit gives the same medians, and means and
+        scales to float64 rounding).
         """
-        medians, means, scales = [], [], []
-        for col in self._numeric:
-            values = numeric_values(frame, col, rows)[:, None]
-            imputer = SimpleImputer(strategy="median", keep_empty_features=True).fit(values)
-            medians.append(float(imputer.statistics_[0]))
+        d = len(self._numeric)
+        medians, means, scales = np.zeros(d), np.zeros(d), np.ones(d)
+        missing = np.zeros(d, dtype=bool)
+        for start, block in self._numeric_blocks(frame, rows):
+            cols = slice(start, start + block.shape[1])
+            missing[cols] = np.isnan(block).any(axis=0)
+            imputer = SimpleImputer(strategy="median", keep_empty_features=True).fit(block)
+            medians[cols] = imputer.statistics_
             if self.scale:
-                scaler = StandardScaler().fit(imputer.transform(values))
-                means.append(float(scaler.mean_[0]))
-                scales.append(float(scaler.scale_[0]))
-        self._median = np.asarray(medians, dtype=np.float64)
-        self._mean = np.asarray(means, dtype=np.float64) if self.scale else None
-        self._scale = np.asarray(scales, dtype=np.float64) if self.scale else None
+                scaler = StandardScaler().fit(imputer.transform(block))
+                means[cols], scales[cols] = scaler.mean_, scaler.scale_
+        self._median = medians
+        self._mean = means if self.scale else None
+        self._scale = scales if self.scale else None
+        return dict(zip(self._numeric, missing.tolist(), strict=True))
 
     def _fit_categories(self, frame: pd.DataFrame, rows: Rows) -> None:
         """Most-frequent imputation and one-hot encoding of the categorical columns."""
@@ -288,22 +351,20 @@ class TabularPreprocessor:
         """Encode ``frame``'s rows at positions ``rows`` (``None``: all), read in place."""
         if self._median is None:
             raise VTSSError("preprocessor used before fit()")
-        check_no_inf(frame, self._numeric, rows)  # validation and test rows too
         n_num = len(self._numeric)
         n = len(frame) if rows is None else len(rows)
         out = torch.empty((n, self._width), dtype=torch.float32)
         matrix = out.numpy()
-        bad = np.zeros(n_num, dtype=bool)
+        inf, bad = np.zeros(n_num, dtype=bool), np.zeros(n_num, dtype=bool)
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is named below
             for start, part in row_chunks(frame, rows):
                 block = matrix[start : start + len(part)]
-                numeric = self._encode_numeric(part)
+                numeric = self._encode_numeric(part, inf)
                 bad |= overflows(numeric).any(axis=0)
                 block[:, :n_num] = numeric
                 if self._categories is not None:
                     block[:, n_num:] = self._categories.transform(self._text(part))
-        if bad.any():
-            self._raise_overflow(frame, int(np.flatnonzero(bad)[0]), what, rows)
+        self._raise_bad_values(frame, inf, bad, what, rows)
         if self._mask is not None:
             out *= self._mask
         return out
@@ -314,20 +375,33 @@ class TabularPreprocessor:
         columns only)."""
         if self._median is None or not self._numeric:
             return
-        check_no_inf(frame, self._numeric, rows)
-        bad = np.zeros(len(self._numeric), dtype=bool)
+        inf, bad = np.zeros(len(self._numeric), dtype=bool), np.zeros(len(self._numeric), bool)
         with np.errstate(over="ignore", invalid="ignore"):
             for _, part in row_chunks(frame, rows):
-                bad |= overflows(self._encode_numeric(part)).any(axis=0)
+                bad |= overflows(self._encode_numeric(part, inf)).any(axis=0)
+        self._raise_bad_values(frame, inf, bad, what, rows)
+
+    def _encode_numeric(self, frame: pd.DataFrame, inf: np.ndarray) -> np.ndarray:
+        """The numeric columns of ``frame`` imputed and scaled, float64 (a row block);
+        ``inf`` is or-ed with the columns holding ±inf."""
+        assert self._median is not None
+        values = numeric_block(frame, self._numeric)
+        inf |= np.isinf(values).any(axis=0)
+        np.copyto(values, self._median, where=np.isnan(values))
+        if self._mean is not None and self._scale is not None:
+            values -= self._mean
+            values /= self._scale
+        return values
+
+    def _raise_bad_values(
+        self, frame: pd.DataFrame, inf: np.ndarray, bad: np.ndarray, what: str, rows: Rows
+    ) -> None:
+        """Raise for the first numeric column holding ±inf, else for the first whose
+        encoded values overflow float32."""
+        if inf.any():
+            raise_inf(self._numeric[int(np.flatnonzero(inf)[0])])
         if bad.any():
             self._raise_overflow(frame, int(np.flatnonzero(bad)[0]), what, rows)
-
-    def _encode_numeric(self, frame: pd.DataFrame) -> np.ndarray:
-        """The numeric columns of ``frame`` imputed and scaled, float64 (a row block)."""
-        out = np.empty((len(frame), len(self._numeric)), dtype=np.float64)
-        for j, col in enumerate(self._numeric):
-            out[:, j] = self._encode_column(numeric_values(frame, col), j)
-        return out
 
     def _encode_column(self, values: np.ndarray, j: int) -> np.ndarray:
         """Numeric column ``j``: missing values take the training median, then

@@ -177,16 +177,62 @@ def _block_derivatives(
     """The data term of one block's members, its gradient and Hessian in ``theta``.
 
     The Hessian is ``features.T diag(w) d2l/dz2 features`` (exact: the scores are
-    linear in ``theta``), from the per-row second derivatives in the outputs ``z``.
+    linear in ``theta``), from the per-row first and second derivatives in the outputs
+    ``z``: in closed form for the module's own log and squared losses, else by autograd
+    of its ``per_sample_loss``.
     """
-    with torch.enable_grad():
-        z = (phi @ theta.transpose(1, 2)).requires_grad_()
-        data = _data_loss(module, block, head, z)
-        (gz,) = torch.autograd.grad(data.sum(), z, create_graph=True)
-        hz = _output_hessian(gz, z)
+    z = phi @ theta.transpose(1, 2)
+    closed = _closed_form(module, block, head, z)
+    if closed is None:
+        with torch.enable_grad():
+            z = z.requires_grad_()
+            data = _data_loss(module, block, head, z)
+            (gz,) = torch.autograd.grad(data.sum(), z, create_graph=True)
+            hz = _output_hessian(gz, z)
+        data, gz = data.detach(), gz.detach()
+    else:
+        data, gz, hz = closed
     k, out, d = theta.shape
-    grad = (gz.detach().transpose(1, 2) @ phi).reshape(k, -1)
-    return data.detach(), grad, _gram(hz, phi).reshape(k, out * d, -1)
+    grad = (gz.transpose(1, 2) @ phi).reshape(k, -1)
+    return data, grad, _gram(hz, phi).reshape(k, out * d, -1)
+
+
+def _closed_form(
+    module: nn.Module, block: Block, head: Head, z: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The block's data term, ``d loss / dz`` ``(K, N, out)`` and ``d2 loss / dz2``
+    ``(K, N, out, out)`` of ``TabularClassifier``'s own losses, or ``None`` (a module
+    that redefines ``per_sample_loss``: autograd then).
+
+    Log loss: ``p - onehot(y)`` and ``diag(p) - p p.T`` with ``p`` the softmax of the
+    scores (for one binary logit behind a fixed class-0 score: ``sigmoid(z) - y`` and
+    ``s (1 - s)``); squared loss: ``2 (z - target)`` and ``2 I``.
+    """
+    from vtss_lightning.models.tabular import TabularClassifier
+
+    if type(module).per_sample_loss is not TabularClassifier.per_sample_loss:
+        return None
+    data = _data_loss(module, block, head, z)
+    row = (block.weights / block.total.unsqueeze(1)).unsqueeze(-1)  # (K, N, 1)
+    out = z.shape[-1]
+    if module.hparams.loss == "cross_entropy":
+        if head.base is not None:  # one logit: the class-1 probability
+            p = torch.sigmoid(z - head.base)
+            gz = p - (block.y == 1).unsqueeze(-1).to(z.dtype)
+            hz = (p * (1 - p)).unsqueeze(-1)
+        else:
+            p = torch.softmax(z, -1)
+            gz = p - nn.functional.one_hot(block.y, out).to(z.dtype)
+            hz = torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
+    else:
+        if head.base is not None:
+            target = block.y.unsqueeze(-1).to(z.dtype)
+        else:
+            target = nn.functional.one_hot(block.y, out).to(z.dtype)
+        gz = 2 * (z - target)
+        hz = torch.full((*z.shape, out), 0.0, dtype=z.dtype, device=z.device)
+        hz[..., range(out), range(out)] = 2.0
+    return data, row * gz, row.unsqueeze(-1) * hz
 
 
 def _output_hessian(gz: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
