@@ -153,10 +153,19 @@ def numeric_block(
     (``strict``) or NaN. The matrix is column-major, so every column is reduced
     exactly as it would be on its own.
     """
-    source = frame if rows is None else frame.iloc[rows, frame.columns.get_indexer(cols)]
+    if rows is not None:
+        source = frame.iloc[rows, frame.columns.get_indexer(cols)]
+    elif list(frame.columns) == list(cols):
+        source = frame
+    else:  # a row block: its numeric columns in one selection
+        source = frame.iloc[:, frame.columns.get_indexer(cols)]
     out = np.empty((len(source), len(cols)), dtype=np.float64, order="F")
+    plain = [isinstance(t, np.dtype) and t.kind in "iuf" for t in source.dtypes]
+    if all(plain):  # numpy numbers only: one conversion
+        out[:] = source.to_numpy(dtype=np.float64)
+        return out
     for j, col in enumerate(cols):
-        values = source[col]
+        values = source.iloc[:, j]
         if pd.api.types.is_numeric_dtype(values):
             out[:, j] = values.to_numpy(dtype=np.float64, na_value=np.nan)
         elif strict:
