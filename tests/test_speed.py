@@ -14,6 +14,7 @@ from helpers import LinearModule, quiet_trainer, tabular_dm
 from torch import nn
 
 from vtss_lightning import VTSSCallback
+from vtss_lightning.models import TabularClassifier
 from vtss_lightning.search import SearchEngine
 from vtss_lightning.search.config import SearchConfig
 from vtss_lightning.search.scores import score_jobs
@@ -23,6 +24,7 @@ from vtss_lightning.search.strategies._stack import (
     forward_stacked_agrees,
     initial_state,
     optimizer_spec,
+    stacked_mean_loss,
 )
 from vtss_lightning.search.strategies.halving import HalvingScorer, rung_steps, survivors
 from vtss_lightning.search.strategies.parallel import ParallelScorer
@@ -309,9 +311,7 @@ def test_a_stack_out_of_memory_is_split_and_gives_the_same_results(monkeypatch, 
     assert b == pytest.approx(a, abs=1e-5, nan_ok=True)  # restarted members replay exactly
     for key, state in stacked(whole)._states.items():
         for name, tensor in state.items():
-            torch.testing.assert_close(
-                stacked(split)._states[key][name], tensor, atol=1e-5, rtol=0
-            )
+            torch.testing.assert_close(stacked(split)._states[key][name], tensor, atol=1e-5, rtol=0)
 
 
 def test_a_member_out_of_memory_alone_is_failed_not_fatal(monkeypatch):
@@ -492,3 +492,35 @@ def test_out_of_memory_in_one_at_a_time_paths_fails_one_candidate_not_the_search
     assert largest.val_balanced_loss is None
     assert largest.status.startswith("failed: out of memory")
     assert result.selected_ratio in (0.0, 1.0)
+
+
+class OwnLoss(TabularClassifier):
+    """Redefines ``loss``: the stack must keep vmapping it."""
+
+    def loss(self, scores, y):
+        return super().loss(scores, y) * 2
+
+
+@pytest.mark.parametrize("class_weight", [None, "balanced", 4.0])
+@pytest.mark.parametrize("kind", ["tabular", "tabular_mse", "image"])
+def test_the_stacked_mean_loss_equals_each_members_own_loss(kind, class_weight):
+    """The one-kernel stacked loss of the package's classifiers is, member by member,
+    the module's ``loss`` on that member's scores; a module's own ``loss`` keeps vmap."""
+    from vtss_lightning.models import ImageClassifier
+
+    torch.manual_seed(0)
+    classes = 2 if isinstance(class_weight, float) else 3  # a number weighs binary tasks
+    counts = [50, 30, 20][:classes]
+    if kind == "image":
+        module = ImageClassifier(width=4, depth=1, class_weight=class_weight)
+        module.build(image_shape=(1, 8, 8), num_classes=classes, class_counts=counts)
+    else:
+        loss = "mse" if kind == "tabular_mse" else "cross_entropy"
+        module = TabularClassifier(loss=loss, class_weight=class_weight)
+        module.build(n_features=4, num_classes=classes, class_counts=counts)
+    scores, y = torch.randn(5, 16, classes), torch.randint(0, classes, (5, 16))
+    stacked = stacked_mean_loss(module)
+    assert stacked is not None
+    want = torch.stack([module.loss(scores[k], y[k]) for k in range(5)])
+    torch.testing.assert_close(stacked(scores, y), want, rtol=1e-6, atol=1e-7)
+    assert stacked_mean_loss(OwnLoss()) is None

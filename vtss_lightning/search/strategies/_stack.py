@@ -113,6 +113,35 @@ def training_loss(module: nn.Module) -> Callable | None:
     return None
 
 
+def stacked_mean_loss(module: nn.Module) -> Callable | None:
+    """``loss(scores (K, B, C), y (K, B)) -> (K,)`` of the package's own classifiers: their
+    class-weighted mean per-row loss over every member's rows in one kernel call, which
+    a ``vmap`` of ``loss`` runs as a slower decomposition. ``None`` for a module with its
+    own ``loss`` or ``per_sample_loss`` (then the ``vmap``)."""
+    from vtss_lightning.models.base import BalancedClassifier
+    from vtss_lightning.models.image import ImageClassifier
+    from vtss_lightning.models.tabular import TabularClassifier
+
+    own = (TabularClassifier.per_sample_loss, ImageClassifier.per_sample_loss)
+    if (
+        not isinstance(module, BalancedClassifier)
+        or type(module).loss is not BalancedClassifier.loss
+    ):
+        return None
+    if type(module).per_sample_loss not in own:
+        return None
+
+    def loss(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        k, n = y.shape
+        rows = module.per_sample_loss(scores.reshape(k * n, -1), y.reshape(k * n)).view(k, n)
+        if module.hparams.class_weight is None:
+            return rows.mean(1)
+        w = module.class_weights[y]
+        return (w * rows).sum(1) / w.sum(1)
+
+    return loss
+
+
 def row_loss(module: nn.Module) -> Callable:
     """Per-row validation loss: the module's ``per_sample_loss``, else cross-entropy."""
     per_row = getattr(module, "per_sample_loss", None)
@@ -168,7 +197,7 @@ class Stack:
         # Batched layers where the module offers them and they were checked
         # (forward_stacked_agrees), vmap otherwise.
         self._forward_stacked = getattr(module, "forward_stacked", None) if batched else None
-        self._loss = vmap(loss, in_dims=(0, 0))
+        self._loss = stacked_mean_loss(module) or vmap(loss, in_dims=(0, 0))
         self._rows = vmap(member_rows, in_dims=(0, 0, None, None), randomness="different")
 
     def subset(self, idx: list[int] | None):
