@@ -558,6 +558,38 @@ def section(kind: str, seeds: list[dict]) -> str:
     return "\n".join(lines)
 
 
+#: Issue 15's CPU targets: (workload, whole run / one fit at most); selection must match
+#: retrain's on at least 9 seeds in 10.
+TARGETS = (("logistic_5fold", 5.0), ("tabular", 2.5))
+AGREEMENT = 0.9
+
+
+def targets_section(done: dict[str, list[dict]]) -> str:
+    """Each CPU target of issue 15 against this run's medians, met or missed."""
+    lines = []
+    for kind, bound in TARGETS:
+        seeds = done.get(kind) or []
+        for strategy in (k for k in STACKED if seeds and k in seeds[0]["runs"]):
+            pairs = [(s["runs"][strategy], s) for s in seeds]
+            ratio = float(np.median([whole(r) / s["one_fit"] for r, s in pairs]))
+            same = sum(r["ratio"] == s["runs"]["retrain"]["ratio"] for r, s in pairs)
+            met = ratio <= bound and same >= AGREEMENT * len(seeds)
+            lines.append(
+                f"| {title(kind)} | {LABELS.get(strategy, strategy)} | <= {bound:g}x, same "
+                f"ratio in >= {AGREEMENT:.0%} of seeds | {ratio:.2f}x, {same}/{len(seeds)} | "
+                f"{'met' if met else 'MISSED'} |"
+            )
+    if not lines:
+        return ""
+    head = [
+        "## Issue 15 targets (CPU; medians over this run's seeds)",
+        "",
+        "| workload | strategy | target | this run | |",
+        "|---|---|---|---|---|",
+    ]
+    return "\n".join(head + lines) + "\n"
+
+
 def steps_section(kind: str, times: dict[str, list[float]], epochs: int) -> str:
     raw = np.asarray(times[RAW_LOOP])
     lines = [
@@ -674,6 +706,7 @@ def write_report(args, steps, done, load_before, start) -> None:
             "",
             gpu_note,
             "",
+            targets_section(done),
             *(steps_section(kind, t, args.step_epochs) for kind, t in steps.items()),
             *parts,
         ]
