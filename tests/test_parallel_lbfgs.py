@@ -471,3 +471,21 @@ def test_a_module_with_its_own_loss_gets_autograd_derivatives():
     model = built(SquaredHingeClassifier(), dm)
     block = type("B", (), {})()
     assert _newton._closed_form(model, block, None, torch.zeros(1, 1, 1)) is None
+
+
+@pytest.mark.parametrize("out", [1, 3])
+@pytest.mark.parametrize("padded", [False, True])
+def test_the_hessian_summed_over_row_blocks_equals_one_sum(out, padded, monkeypatch):
+    """A long table's Hessian is summed block by block (bounded memory): the same matrix."""
+    from vtss_lightning.search.strategies import _newton
+
+    k, n, d = 4, 50, 6
+    phi = torch.randn((k, n, d) if padded else (n, d), dtype=torch.float64)
+    a = torch.randn(k, n, out, out, dtype=torch.float64)
+    hz = a @ a.transpose(-1, -2)  # symmetric per row, as second derivatives are
+    whole = _newton._gram(hz, phi)
+    monkeypatch.setattr(_newton, "GRAM_CHUNK", k * d * 7)  # blocks of 7 rows
+    torch.testing.assert_close(_newton._gram(hz, phi), whole, rtol=1e-12, atol=1e-12)
+    rows = "kn" if padded else "n"
+    want = torch.einsum(f"knab,{rows}i,{rows}j->kaibj", hz, phi, phi)
+    torch.testing.assert_close(whole, want, rtol=1e-12, atol=1e-12)

@@ -35,6 +35,9 @@ NEWTON_MAX_ITER = 60
 NEWTON_MIN_BUDGET = 50
 #: Armijo's sufficient-decrease constant and the step halvings of the line search.
 ARMIJO, HALVINGS = 1e-4, 40
+#: Values of the weighted feature copy one Hessian block is summed from (16 Mi float64:
+#: 128 MiB); smaller tables take one block, as before.
+GRAM_CHUNK = 1 << 24
 #: Hessian eigenvalues below this fraction of the largest count as zero (flat
 #: directions, see :func:`newton_step`).
 CUTOFF = 1e-11
@@ -104,6 +107,9 @@ def _head_of(objective: JointObjective) -> Head | None:
     if any(not torch.equal(t, t[:1].expand_as(t)) for t in buffers.values()):
         return None  # the members' fixed features differ
     features = tuple(_features(net, buffers, bias, block.x) for block in objective.blocks)
+    if len(net) == 1 and bias is not None:  # the rows are the features' first columns:
+        for block, phi in zip(objective.blocks, features, strict=True):
+            block.x = phi[..., :-1]  # one float64 copy of a block's rows, not two
     one_logit = module.num_classes == 2 and param.shape[1] == 1
     base = (0.5 if module.hparams.loss == "mse" else 0.0) if one_logit else None
     return Head(weight, bias, features, base)
@@ -247,15 +253,25 @@ def _output_hessian(gz: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 def _gram(hz: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
-    """``sum_n hz[k, n, a, b] phi[n, i] phi[n, j]`` as ``(K, out, D, out, D)``."""
-    k, _, out, _ = hz.shape
+    """``sum_n hz[k, n, a, b] phi[n, i] phi[n, j]`` as ``(K, out, D, out, D)``.
+
+    Summed over blocks of rows, so the weighted copy of the features it multiplies is
+    at most :data:`GRAM_CHUNK` values, not members x rows x columns (gigabytes for a
+    table of millions of rows).
+    """
+    k, n, out, _ = hz.shape
     d = phi.shape[-1]
     h = phi.new_zeros(k, out, d, out, d)
-    for a in range(out):
-        for b in range(a, out):
-            block = (hz[..., a, b].unsqueeze(-1) * phi).transpose(-1, -2) @ phi
-            h[:, a, :, b, :] = block
-            h[:, b, :, a, :] = block.transpose(-1, -2)
+    step = max(1, GRAM_CHUNK // max(1, k * d))
+    for start in range(0, n, step):
+        rows = phi[..., start : start + step, :]
+        part = hz[:, start : start + step]
+        for a in range(out):
+            for b in range(a, out):
+                block = (part[..., a, b].unsqueeze(-1) * rows).transpose(-1, -2) @ rows
+                h[:, a, :, b, :] += block
+                if b != a:
+                    h[:, b, :, a, :] += block.transpose(-1, -2)
     return h
 
 
