@@ -25,7 +25,7 @@ from vtss_lightning.data.pool import (
     SyntheticPool,
     check_sizes,
     ratio_to_sizes,
-    stack_rows,
+    training_rows,
 )
 from vtss_lightning.data.preprocessing import IdentityPreprocessor, Preprocessor
 from vtss_lightning.data.schema import FeatureSchema
@@ -385,10 +385,16 @@ class SyntheticAugmentationDataModule(_lightning.dual_base("LightningDataModule"
 
         The draw is reused while it covers the requested sizes; a larger request draws
         only the chunks it lacks. Either way the first ``m`` rows of a class do not
-        depend on the largest size ever asked for.
+        depend on the largest size ever asked for. After a draw glibc's freed heap is
+        handed back (:func:`trim_heap`): sampling's chunk-sized temporaries would stay
+        resident under every candidate's training.
         """
         split = self._require_setup()
-        return self.pool_builder.prepare(split, sizes)
+        before = split.pool
+        pool = self.pool_builder.prepare(split, sizes)
+        if pool is not before:
+            trim_heap()
+        return pool
 
     def sizes_for_ratio(self, ratio: float) -> dict[int, int]:
         return ratio_to_sizes(ratio, self.class_gaps())
@@ -415,13 +421,18 @@ class SyntheticAugmentationDataModule(_lightning.dual_base("LightningDataModule"
     def training_tensors(
         self, sizes: Mapping[int, int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Real training rows followed by the pool prefix at ``sizes``: one tensor
-        allocated and filled once (no intermediate copy of the prefix)."""
+        """Real training rows followed by the pool prefix at ``sizes``.
+
+        The features are a view of the split's buffer (real rows, then the pool) when
+        the prefixes lie back to back there (one minority class, or every class but the
+        last at its full pool), else one tensor filled once; like ``x_train`` at size 0,
+        they share the split's rows and must not be written in place.
+        """
         split = self._require_setup()
         sizes = self.synthetic_sizes if sizes is None else dict(sizes)
         if any(m > 0 for m in sizes.values()):
-            blocks = self.prepare_pool(sizes).prefixes(sizes)
-            return stack_rows(blocks, head=(split.x_train, split.y_train))
+            blocks = self.prepare_pool(sizes).prefixes(sizes)  # may move x_train: read after
+            return training_rows(blocks, head=(split.x_train, split.y_train))
         return split.x_train, split.y_train
 
     def make_train_loader(

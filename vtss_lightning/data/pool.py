@@ -15,6 +15,14 @@ A *conditional* generator (``generator.conditional``) is fitted once per split, 
 the training rows of every class with their labels, and each class is drawn from
 that one model in the same chunks (``sample(c, seed, label=k)`` with the same chunk
 seeds), so its pools are nested in the same way.
+
+The pool is laid out right after the split's real training rows in one float32
+buffer (``[x_train | class rows, by class index]``; the split's ``x_train`` becomes
+the buffer's head), so a candidate's training set, real rows then its prefix per
+class, is a view of that buffer whenever its rows lie back to back there (one
+minority class: always), not a copy (:func:`training_rows`). The buffer is written
+only while it is built; a larger pool is a new buffer, so a view handed out earlier
+keeps its rows.
 """
 
 from __future__ import annotations
@@ -78,11 +86,20 @@ class SyntheticPool:
     empty
         A ``(0, d)`` tensor on the rows' device, what :meth:`take` returns when every
         size is 0 (a 1-d empty tensor when ``None``).
+    head
+        The real training rows the class rows follow in one buffer (``None``: the rows
+        stand alone); the split's ``x_train`` is then this tensor.
     """
 
-    def __init__(self, rows: Mapping[int, torch.Tensor], empty: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        rows: Mapping[int, torch.Tensor],
+        empty: torch.Tensor | None = None,
+        head: torch.Tensor | None = None,
+    ) -> None:
         self.rows = dict(rows)
         self.empty = empty
+        self.head = head
 
     @property
     def capacity(self) -> dict[int, int]:
@@ -119,8 +136,81 @@ class SyntheticPool:
         return stack_rows(blocks)
 
     def to(self, device: torch.device) -> SyntheticPool:
+        """The pool on ``device``; a buffer (head and class rows) moves as one tensor, so
+        its rows stay back to back there."""
         empty = None if self.empty is None else self.empty.to(device)
-        return SyntheticPool({k: v.to(device) for k, v in self.rows.items()}, empty)
+        buffer = self._buffer()
+        if buffer is None:
+            head = None if self.head is None else self.head.to(device)
+            return SyntheticPool({k: v.to(device) for k, v in self.rows.items()}, empty, head)
+        moved = buffer.to(device)
+        assert self.head is not None  # a buffer starts with the head
+        rows, start = {k: v.to(device) for k, v in self.rows.items() if not len(v)}, len(self.head)
+        for k in self._classes():
+            rows[k] = moved[start : start + len(self.rows[k])]
+            start += len(self.rows[k])
+        return SyntheticPool(rows, empty, moved[: len(self.head)])
+
+    def _classes(self) -> list[int]:
+        return sorted(k for k, v in self.rows.items() if len(v))
+
+    def _buffer(self) -> torch.Tensor | None:
+        """The head and every class's rows as one view, when they are laid out so."""
+        if self.head is None or not len(self.head) or not self._classes():
+            return None
+        return joined_rows([self.head, *(self.rows[k] for k in self._classes())])
+
+
+def joined_rows(parts: list[torch.Tensor]) -> torch.Tensor | None:
+    """The rows of ``parts``, one part after the other, as a view of their storage when
+    they lie back to back there (contiguous, same dtype and row shape), else ``None``.
+
+    This is how a training set (real rows, then pool prefixes) costs no copy: the pool
+    is built right after the real rows in one buffer (:meth:`PoolBuilder.prepare`).
+    Empty parts are skipped.
+    """
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return None
+    first = parts[0]
+    storage, offset = first.untyped_storage().data_ptr(), first.storage_offset()
+    for part in parts:
+        if (
+            part.dtype != first.dtype
+            or part.device != first.device
+            or part.shape[1:] != first.shape[1:]
+            or not part.is_contiguous()
+            or part.untyped_storage().data_ptr() != storage
+            or part.storage_offset() != offset
+        ):
+            return None
+        offset += part.numel()
+    shape = (sum(len(p) for p in parts), *first.shape[1:])
+    return first.as_strided(shape, _contiguous_strides(shape), first.storage_offset())
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(1, size)
+    return tuple(reversed(strides))
+
+
+def pool_labels(
+    blocks: list[tuple[int, torch.Tensor]], head: torch.Tensor | None, device: torch.device
+) -> torch.Tensor:
+    """``head`` labels then ``k`` for every row of each ``(k, rows)`` block (one tensor)."""
+    n = sum(len(rows) for _, rows in blocks) + (0 if head is None else len(head))
+    y = torch.empty(n, dtype=torch.long, device=device)
+    start = 0
+    if head is not None:
+        y[: len(head)] = head
+        start = len(head)
+    for k, rows in blocks:
+        y[start : start + len(rows)] = k
+        start += len(rows)
+    return y
 
 
 def stack_rows(
@@ -132,16 +222,40 @@ def stack_rows(
     first = head[0] if head is not None else blocks[0][1]
     n = sum(len(rows) for _, rows in blocks) + (0 if head is None else len(head[0]))
     x = first.new_empty((n, *first.shape[1:]))
-    y = torch.empty(n, dtype=torch.long, device=first.device)
     start = 0
     if head is not None:
-        x[: len(head[0])], y[: len(head[0])] = head
+        x[: len(head[0])] = head[0]
         start = len(head[0])
-    for k, rows in blocks:
+    for _, rows in blocks:
         x[start : start + len(rows)] = rows
-        y[start : start + len(rows)] = k
         start += len(rows)
-    return x, y
+    return x, pool_labels(blocks, None if head is None else head[1], first.device)
+
+
+def training_rows(
+    blocks: list[tuple[int, torch.Tensor]], head: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``head`` rows then every ``(k, rows)`` block labelled ``k``, as :func:`stack_rows`
+    lays them out: the features a view of the pool's buffer when the blocks follow the
+    head there (:func:`joined_rows`), else one copy; the labels a new tensor.
+
+    A view shares the split's real rows and pool, which later candidates read again:
+    it must not be written in place (nothing in VTSS does; the buffer itself is never
+    written once built).
+    """
+    x = joined_rows([head[0], *(rows for _, rows in blocks)])
+    if x is None:
+        return stack_rows(blocks, head)
+    return x, pool_labels(blocks, head[1], x.device)
+
+
+def standalone(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a compact copy when it is a view into a larger storage (a training set
+    in the pool's buffer): pickling a view (Ray's object store) writes its whole
+    storage."""
+    if t.untyped_storage().nbytes() > t.numel() * t.element_size():
+        return t.clone()
+    return t
 
 
 def free_memory_bytes(device: torch.device) -> int | None:
@@ -240,41 +354,81 @@ class PoolBuilder:
 
         The pool is reused while it covers the requested sizes; a larger request keeps
         the whole chunks already drawn and draws the rest, so the rows a size gets do
-        not depend on which sizes were asked for before.
+        not depend on which sizes were asked for before. A pool drawn anew is one new
+        buffer after a copy of the real training rows (:meth:`_build`).
         """
         if split.pool.covers(sizes) and split.pool.empty is not None:
             return split.pool
         check_pool_fits(sizes, split.x_train)
-        rows = dict(split.pool.rows)
-        for k, m in sorted(sizes.items()):
-            if m > len(rows.get(k, ())):
-                rows[k] = self._draw_class(split, k, m, rows.get(k))
-        split.pool = SyntheticPool(rows, empty=split.x_train[:0])
+        capacity = {k: len(v) for k, v in split.pool.rows.items() if len(v)}
+        for k, m in sizes.items():
+            if m > capacity.get(k, 0):
+                capacity[k] = m
+        if capacity:
+            self._build(split, capacity)
+        else:  # nothing to draw: no buffer (and no copy of the real rows)
+            x_train = split.x_train
+            split.pool = SyntheticPool({}, empty=x_train.new_empty((0, *x_train.shape[1:])))
         return split.pool
 
-    def _draw_class(
-        self, split: PreparedSplit, k: int, m: int, drawn: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Class ``k``'s first ``m`` pool rows: the whole chunks of ``drawn``, then new ones.
+    def _build(self, split: PreparedSplit, capacity: Mapping[int, int]) -> None:
+        """Lay out ``[x_train | class rows, by class index]`` in one new float32 buffer and
+        fill it class by class (rows already drawn copied, the rest drawn): the
+        candidates' training sets are then views of it.
 
-        The ``m`` rows are one tensor allocated first and filled chunk by chunk, so a
-        pool costs its own size plus one chunk (a list of chunks joined by ``torch.cat``
-        cost twice the pool).
+        The buffer's head (a copy of the real rows) is the split's ``x_train`` from the
+        start, so the old tensor goes before the pool is drawn; the old pool goes once
+        the new one is complete (a failed draw leaves it as it was, ``x_train`` then the
+        old pool's head, else a compact copy). Real rows of another dtype or row shape
+        than the pool's cannot share its buffer; the pool is then one buffer alone.
         """
+        x_train = split.x_train
+        empty = x_train.new_empty((0, *x_train.shape[1:]))
+        shared = x_train.dim() == 2 and x_train.dtype == torch.float32
+        n = len(x_train) if shared else 0
+        shape = (n + sum(capacity.values()), x_train.shape[1])
+        buffer = torch.empty(shape, dtype=torch.float32, device=x_train.device)
+        head = buffer[:n] if shared else None
+        if head is not None:
+            head.copy_(x_train)
+            split.x_train = head
+        del x_train
+        rows, start = {}, n
+        try:
+            for k in sorted(capacity):
+                rows[k] = buffer[start : start + capacity[k]]
+                self._fill_class(split, k, rows[k], split.pool.rows.get(k))
+                start += capacity[k]
+        except BaseException:
+            if head is not None:  # let the unfinished buffer go
+                old = split.pool.head
+                split.x_train = head.clone() if old is None else old
+            raise
+        split.pool = SyntheticPool(rows, empty=empty, head=head)
+
+    def _fill_class(
+        self, split: PreparedSplit, k: int, out: torch.Tensor, drawn: torch.Tensor | None
+    ) -> None:
+        """Class ``k``'s first ``len(out)`` pool rows into ``out``: the rows of ``drawn``
+        (all of them when they suffice, else its whole chunks), then new chunks.
+
+        Filled chunk by chunk, so a pool costs its own size plus one chunk (a list of
+        chunks joined by ``torch.cat`` cost twice the pool).
+        """
+        m, c = len(out), self.chunk_rows
+        if drawn is not None and len(drawn) >= m:
+            out.copy_(drawn[:m])
+            return
         generator = split.generators.get(k) or self._fit_class(split, k)
         split.generators[k] = generator
         where = f" for class {label_text(self.classes[k])}"
-        c = self.chunk_rows
         kept = 0 if drawn is None else len(drawn) // c
-        width = split.x_train.shape[1]
-        out = torch.empty((m, width), dtype=torch.float32, device=split.x_train.device)
         if drawn is not None:
             out[: kept * c] = drawn[: kept * c]
         for j in range(kept, -(-m // c)):  # ceil(m / c) chunks in all
             rows = self.sample(split, generator, c, pool_chunk_seed(self.seed, k, j), where)
             stop = min(m, (j + 1) * c)
             out[j * c : stop] = rows[: stop - j * c]
-        return out
 
     def _fit_class(self, split: PreparedSplit, k: int) -> SyntheticGenerator:
         """Class ``k``'s generator, fitted on all its training rows with its own seed (a

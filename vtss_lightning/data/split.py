@@ -67,17 +67,28 @@ class PreparedSplit:
         return {k: n_max - n for k, n in enumerate(counts)}
 
     def to(self, device: torch.device) -> None:
-        """Move the tensors (and pools) to ``device`` in place."""
-        for name in ("x_train", "y_train", "x_val", "y_val"):
+        """Move the tensors (and pools) to ``device`` in place; real rows that head the
+        pool's buffer move with it (so training sets stay views of one buffer)."""
+        heads = self.pool.head is not None and self.pool.head is self.x_train
+        for name in ("y_train", "x_val", "y_val") + (() if heads else ("x_train",)):
             setattr(self, name, getattr(self, name).to(device))
         self.pool = self.pool.to(device)
+        if heads:
+            self.x_train = self.pool.head
         self.stashed = {j: (g, pool.to(device)) for j, (g, pool) in self.stashed.items()}
 
     def switch_generator(self, current: int, new: int) -> None:
         """Put the fits and pool of generator ``current`` aside and take ``new``'s
-        (nothing yet when the split has not used it)."""
+        (nothing yet when the split has not used it).
+
+        Each pool's buffer starts with its own copy of the real rows (equal to them), so
+        ``x_train`` moves to the head of the pool taken, whose training sets are then
+        views of its buffer; a pool put aside keeps its buffer, real rows included.
+        """
         self.stashed[current] = (self.generators, self.pool)
         self.generators, self.pool = self.stashed.pop(new, ({}, SyntheticPool({})))
+        if self.pool.head is not None:
+            self.x_train = self.pool.head
 
 
 class RowPreprocessor(Preprocessor, Protocol):
@@ -123,7 +134,7 @@ def prepare_split(
         val_index=val_idx,
         x_train=x_train,
         y_train=torch.as_tensor(y[train_idx]).to(device),
-        x_val=x_val if len(val_idx) else x_train[:0],
+        x_val=x_val if len(val_idx) else x_train.new_empty((0, *x_train.shape[1:])),
         y_val=torch.as_tensor(y[val_idx]).to(device),
         preprocessor=preprocessor,
         num_classes=num_classes,

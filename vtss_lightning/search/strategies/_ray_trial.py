@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from vtss_lightning.data.loaders import eval_batches
+from vtss_lightning.data.pool import standalone
 from vtss_lightning.search.strategies.base import BaseScorer, state_key
 from vtss_lightning.search.strategies.settings import TrainerSettings
 
@@ -54,9 +55,10 @@ class StagedSplit:
 
     @classmethod
     def of(cls, dm) -> StagedSplit:
-        """The active split of ``dm`` copied to the CPU."""
+        """The active split of ``dm`` copied to the CPU (its real rows alone: ``x_train``
+        heads the pool's buffer, which pickling a view would send whole)."""
         s = dm.active
-        tensors = (t.detach().cpu() for t in (s.x_train, s.y_train, s.x_val, s.y_val))
+        tensors = (standalone(t.detach().cpu()) for t in (s.x_train, s.y_train, s.x_val, s.y_val))
         rows = SplitRows(s.name, *tensors, list(s.class_counts))
         return cls(rows, int(dm.num_classes), list(dm.class_names), int(dm.batch_size))
 

@@ -4,10 +4,11 @@ Under the engine's two-phase call (:class:`~.base.StagedScorer`) every split is
 staged before any member trains, so a member cannot read ``dm.active``. It reads its
 :class:`SplitView` instead: the split's real training rows followed, per class in
 index order, by that class's pool prefix at the largest size staged there (the layout
-of ``VTSSDataModule.training_tensors``), copied once per split, plus the split's
-validation rows. A member's training set is an index into those rows
-(:class:`IndexedBatches`), so no member holds a copy of its own, and the split's
-pool, generators and preprocessing can be freed once the engine leaves it.
+of ``VTSSDataModule.training_tensors``: a view of the split's pool buffer, whose head
+is the real rows, else copied once per split), plus the split's validation rows. A
+member's training set is an index into those rows (:class:`IndexedBatches`), so no
+member holds a copy of its own, and the split's generators and preprocessing can be
+freed once the engine leaves it (its rows and pool live on in the view).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from vtss_lightning.data.datamodule import SyntheticAugmentationDataModule as VTSSDataModule
 from vtss_lightning.data.image import ImageDataModule
 from vtss_lightning.data.loaders import TensorBatches, eval_batches
-from vtss_lightning.data.pool import stack_rows
+from vtss_lightning.data.pool import training_rows
 from vtss_lightning.search.strategies.base import state_key
 
 #: Share of the memory that stacked training may use by default (GPU: free memory;
@@ -152,9 +153,10 @@ class SplitView:
         self.pooled = replays_own_loader(dm)
         most = {int(k): int(m) for k, m in most.items() if m > 0} if self.pooled else {}
         self.offsets = _offsets(self.n_real, most)
+        blocks = dm.prepare_pool(most).prefixes(most) if most else []  # may move x_train
         x, y = split.x_train, split.y_train
-        if most:  # one copy per split: real rows, then each class's largest prefix
-            x, y = stack_rows(dm.prepare_pool(most).prefixes(most), head=(x, y))
+        if blocks:  # real rows, then each class's largest prefix: a view of the pool's
+            x, y = training_rows(blocks, head=(x, y))  # buffer, else one copy per split
         self.x, self.y = x.to(device), y.to(device)
         self.x_val, self.y_val = split.x_val.to(device), split.y_val.to(device)
         self._loaders: dict[tuple, Any] = {}  # own loaders of a DataModule, by candidate

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from vtss_lightning.data.pool import standalone
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.strategies._ray_trial import (
     STATE_FILE,
@@ -135,8 +136,8 @@ class RayScorer(BaseScorer):
         self._stackable(dm)
         data = ray.put(StagedSplit.of(dm))
         for i, sizes in jobs:
-            loader = self.train_loader(dm, sizes)
-            loader.x, loader.y = loader.x.cpu(), loader.y.cpu()
+            loader = self.train_loader(dm, sizes)  # a view of the pool's buffer: sent alone
+            loader.x, loader.y = standalone(loader.x.cpu()), standalone(loader.y.cpu())
             job = StagedJob(split, i, dict(sizes), dm.active.name, data, ray.put(loader))
             self._staged.append(job)
         self._last_split = split
