@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vtss_lightning import TabularDataModule
+from vtss_lightning._random import pool_chunk_seed
 
 
 def paper_linear_dm(n0: int, n1: int, seed: int = 0, generator=None) -> TabularDataModule:
@@ -123,3 +124,15 @@ def quiet_trainer(**kwargs) -> pl.Trainer:
 def progress_lines(text: str) -> list[str]:
     """The search's per-candidate progress lines in captured output or a log."""
     return [ln for ln in text.splitlines() if ln.startswith("VTSS [")]
+
+
+def old_pool(dm, k: int, m: int) -> torch.Tensor:
+    """Class ``k``'s first ``m`` pool rows as the builder before issue 15 drew them:
+    every chunk sampled on its own, joined by ``torch.cat``, cut."""
+    split, builder = dm.active, dm.pool_builder
+    c = builder.chunk_rows
+    chunks = [
+        builder.sample(split, split.generators[k], c, pool_chunk_seed(dm.seed, k, j))
+        for j in range(-(-m // c))
+    ]
+    return torch.cat(chunks)[:m]

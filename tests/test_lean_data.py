@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import old_pool
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
@@ -21,7 +22,6 @@ import vtss_lightning.data.preprocessing as preprocessing
 import vtss_lightning.data.sources as sources
 import vtss_lightning.data.tabular as tabular
 from vtss_lightning import SyntheticAugmentationDataModule, TabularDataModule, VTSSError
-from vtss_lightning._random import pool_chunk_seed
 from vtss_lightning.data.columns import as_text, category_layout, category_pipeline
 from vtss_lightning.data.features import take_rows
 from vtss_lightning.data.loaders import TensorBatches
@@ -69,18 +69,6 @@ def old_encoding(train, frames, categorical, layout, scale=True, max_categories=
     transformer.fit(text(train))
     encode = [np.asarray(transformer.transform(text(f)), np.float64) for f in frames]
     return [torch.as_tensor(e.astype(np.float32)) for e in encode]
-
-
-def old_pool(dm, k: int, m: int) -> torch.Tensor:
-    """Class ``k``'s first ``m`` pool rows as the old builder drew them: every chunk
-    sampled, then ``torch.cat`` and cut."""
-    split, builder = dm.active, dm.pool_builder
-    c = builder.chunk_rows
-    chunks = [
-        builder.sample(split, split.generators[k], c, pool_chunk_seed(dm.seed, k, j))
-        for j in range(-(-m // c))
-    ]
-    return torch.cat(chunks)[:m]
 
 
 def keep_raw(monkeypatch) -> None:

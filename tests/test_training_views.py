@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from helpers import tabular_dm
+from helpers import old_pool, tabular_dm
 
 import vtss_lightning.data.pool as pool_module
 from vtss_lightning import SyntheticAugmentationDataModule, VTSSCallback, VTSSError
@@ -47,18 +47,6 @@ def arrays_dm(counts=(200, 60), width: int = 4, chunk: int | None = None, **kwar
     if chunk is not None:
         dm.pool_builder.chunk_rows = chunk
     return dm
-
-
-def old_pool(dm, k: int, m: int) -> torch.Tensor:
-    """Class ``k``'s first ``m`` pool rows as the builder before issue 15 drew them:
-    every chunk sampled on its own, joined by ``torch.cat``, cut."""
-    split, builder = dm.active, dm.pool_builder
-    c = builder.chunk_rows
-    chunks = [
-        builder.sample(split, split.generators[k], c, pool_chunk_seed(dm.seed, k, j))
-        for j in range(-(-m // c))
-    ]
-    return torch.cat(chunks)[:m]
 
 
 def old_training_set(x_train, y_train, pools: dict[int, torch.Tensor]):
