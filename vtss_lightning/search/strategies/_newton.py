@@ -106,13 +106,14 @@ def _head_of(objective: JointObjective) -> Head | None:
     buffers = {n[4:]: t for n, t in objective.buffers.items() if n.startswith("net.")}
     if any(not torch.equal(t, t[:1].expand_as(t)) for t in buffers.values()):
         return None  # the members' fixed features differ
-    features = tuple(_features(net, buffers, bias, block.x) for block in objective.blocks)
-    if len(net) == 1 and bias is not None:  # the rows are the features' first columns:
-        for block, phi in zip(objective.blocks, features, strict=True):
-            block.x = phi[..., :-1]  # one float64 copy of a block's rows, not two
+    features = []
+    for block in objective.blocks:
+        features.append(_features(net, buffers, bias, block.x))
+        if len(net) == 1 and bias is not None:  # the rows are the features' first
+            block.x = features[-1][..., :-1]  # columns: one float64 copy of them, not two
     one_logit = module.num_classes == 2 and param.shape[1] == 1
     base = (0.5 if module.hparams.loss == "mse" else 0.0) if one_logit else None
-    return Head(weight, bias, features, base)
+    return Head(weight, bias, tuple(features), base)
 
 
 @torch.no_grad()
