@@ -136,3 +136,13 @@ def old_pool(dm, k: int, m: int) -> torch.Tensor:
         for j in range(-(-m // c))
     ]
     return torch.cat(chunks)[:m]
+
+
+def small_mlp(dm):
+    """A seeded one-hidden-layer AdamW ``TabularClassifier`` sized from ``dm``."""
+    from vtss_lightning.models import TabularClassifier
+
+    torch.manual_seed(0)
+    model = TabularClassifier(hidden_dims=[8], optimizer="adamw", lr=0.02)
+    model.configure_from_data(dm)
+    return model

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import small_mlp
 from test_search import FakeScorer, make_dm, parabola
 
 from vtss_lightning import TabularDataModule
@@ -97,15 +98,6 @@ def imbalanced_dm(n_features: int = 3) -> TabularDataModule:
     return dm
 
 
-def mlp(dm):
-    from vtss_lightning.models import TabularClassifier
-
-    torch.manual_seed(0)
-    model = TabularClassifier(hidden_dims=[8], optimizer="adamw", lr=0.02)
-    model.configure_from_data(dm)
-    return model
-
-
 @pytest.fixture
 def counted_fits(local_ray, monkeypatch):
     """How many times ``Tuner.fit`` ran (one Tune run per search)."""
@@ -123,7 +115,7 @@ def counted_fits(local_ray, monkeypatch):
 
 def test_one_tune_run_of_retrain_fits_gives_retrains_fold_losses(counted_fits):
     dm = imbalanced_dm()
-    model = mlp(dm)
+    model = small_mlp(dm)
     want = SearchEngine([0, 1, 2], folds=3, verbose=False).run(dm, RetrainScorer(model, SETTINGS))
     scorer = RayScorer(model, SETTINGS, stack_size=1)  # one candidate per trial
     got = SearchEngine([0, 1, 2], folds=3, verbose=False).run(dm, scorer)
@@ -136,7 +128,7 @@ def test_one_tune_run_of_retrain_fits_gives_retrains_fold_losses(counted_fits):
 
 def test_stacked_trials_give_the_parallel_losses_quietly(counted_fits, capsys):
     dm = imbalanced_dm()
-    model = mlp(dm)
+    model = small_mlp(dm)
     want = SearchEngine([0, 1, 2], folds=3, verbose=False).run(dm, ParallelScorer(model, SETTINGS))
     scorer = RayScorer(model, SETTINGS, stacker=ParallelScorer)
     got = SearchEngine([0, 1, 2], folds=3).run(dm, scorer)
@@ -153,7 +145,7 @@ def test_stacked_trials_give_the_parallel_losses_quietly(counted_fits, capsys):
 
 def test_narrower_stacks_give_the_same_losses_and_the_winner_weights(local_ray):
     dm = imbalanced_dm()
-    model = mlp(dm)
+    model = small_mlp(dm)
     # stacks of 2 and 1
     scorer = RayScorer(model, SETTINGS, keep_states=True, stack_size=2, stacker=ParallelScorer)
     result = SearchEngine(ratios=[0, 1, 2], verbose=False).run(dm, scorer)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from helpers import old_pool, tabular_dm
+from helpers import old_pool, small_mlp, tabular_dm
 
 import vtss_lightning.data.pool as pool_module
 from vtss_lightning import SyntheticAugmentationDataModule, VTSSCallback, VTSSError
@@ -238,13 +238,6 @@ def logistic(dm):
     return model
 
 
-def mlp(dm):
-    torch.manual_seed(0)
-    model = TabularClassifier(hidden_dims=[8], optimizer="adamw", lr=0.02)
-    model.configure_from_data(dm)
-    return model
-
-
 def search_losses(scorer_cls, model, folds):
     dm = make_dm()
     engine = SearchEngine(ratios=[0, 0.5, 1, 2], folds=folds, extend_grid=False, verbose=False)
@@ -257,9 +250,9 @@ def search_losses(scorer_cls, model, folds):
     "scorer_cls, model, folds",
     [
         (RetrainScorer, logistic, None),
-        (RetrainScorer, mlp, 3),
+        (RetrainScorer, small_mlp, 3),
         (ParallelScorer, logistic, 3),
-        (ParallelScorer, mlp, None),
+        (ParallelScorer, small_mlp, None),
     ],
 )
 def test_search_losses_equal_the_copied_assembly(monkeypatch, scorer_cls, model, folds):
