@@ -396,11 +396,7 @@ class TabularPreprocessor:
         assert self._median is not None
         values = numeric_block(frame, self._numeric)
         inf |= np.isinf(values).any(axis=0)
-        np.copyto(values, self._median, where=np.isnan(values))
-        if self._mean is not None and self._scale is not None:
-            values -= self._mean
-            values /= self._scale
-        return values
+        return self._encode_column(values, slice(None))
 
     def _raise_bad_values(
         self, frame: pd.DataFrame, inf: np.ndarray, bad: np.ndarray, what: str, rows: Rows
@@ -412,11 +408,13 @@ class TabularPreprocessor:
         if bad.any():
             self._raise_overflow(frame, int(np.flatnonzero(bad)[0]), what, rows)
 
-    def _encode_column(self, values: np.ndarray, j: int) -> np.ndarray:
-        """Numeric column ``j``: missing values take the training median, then
-        ``(x - mean) / scale`` as scikit-learn's scaler computes it."""
+    def _encode_column(self, values: np.ndarray, j: int | slice) -> np.ndarray:
+        """Numeric column ``j`` (or the columns of a block, ``j`` a slice), written in
+        place (``values`` must be the caller's own array):
+        missing values take the training median, then ``(x - mean) / scale`` as
+        scikit-learn's scaler computes it."""
         assert self._median is not None
-        values = np.where(np.isnan(values), self._median[j], values)
+        np.copyto(values, self._median[j], where=np.isnan(values))
         if self._mean is not None and self._scale is not None:
             values -= self._mean[j]
             values /= self._scale[j]
@@ -461,7 +459,7 @@ class TabularPreprocessor:
         raw = pd.to_numeric(column(frame, name, rows), errors="coerce").to_numpy(np.float64)
         check_float32(raw[:, None], [name], what)  # the value itself is beyond float32
         with np.errstate(over="ignore", invalid="ignore"):
-            encoded = self._encode_column(numeric_values(frame, name, rows), j)
+            encoded = self._encode_column(numeric_values(frame, name, rows).copy(), j)
         rows = overflows(encoded)
         peak = extreme(raw[rows])
         peak = extreme(encoded[rows]) if np.isnan(peak) else peak  # an imputed value

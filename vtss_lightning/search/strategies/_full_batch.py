@@ -67,6 +67,7 @@ from vtss_lightning.search.strategies._newton import newton, newton_head
 from vtss_lightning.search.strategies._stack import (
     MemberState,
     OptimizerSpec,
+    member_rows,
     training_loss,
 )
 
@@ -142,6 +143,10 @@ class Block:
     y: torch.Tensor  # (K_b, N)
     weights: torch.Tensor  # (K_b, N): the row's (class) weight on a member's rows, else 0
     total: torch.Tensor | None = None  # (K_b,) sum of each member's weights
+
+    def mean_loss(self, per_sample_loss: Callable, scores: torch.Tensor) -> torch.Tensor:
+        """Each member's (class-weighted, masked) mean row loss at ``scores`` ``(K_b, N, C)``."""
+        return (self.weights * member_rows(per_sample_loss, scores, self.y)).sum(1) / self.total
 
     def members(self, t):
         """The block's slice of a stacked tensor (or of a dict of them)."""
@@ -263,11 +268,7 @@ class JointObjective:
     def _block_loss(self, block: Block) -> torch.Tensor:
         """The (class-weighted) mean row loss of the block's members on their own rows."""
         scores = self._forward(block.members(self.params), block.members(self.buffers), block.x)
-        k, n = block.y.shape[:2]
-        rows = self.module.per_sample_loss(
-            scores.reshape(k * n, *scores.shape[2:]), block.y.reshape(k * n, *block.y.shape[2:])
-        ).view(k, n)
-        return (block.weights * rows).sum(1) / block.total
+        return block.mean_loss(self.module.per_sample_loss, scores)
 
     def _member_loss(self, k: int) -> torch.Tensor:
         x, y = self._data[k]

@@ -146,10 +146,7 @@ def _scores(head: Head, z: torch.Tensor) -> torch.Tensor:
 
 def _data_loss(module: nn.Module, block: Block, head: Head, z: torch.Tensor) -> torch.Tensor:
     """The block's members' (class-weighted, masked) mean row loss at output values ``z``."""
-    scores = _scores(head, z)
-    k, n = block.y.shape[:2]
-    rows = module.per_sample_loss(scores.reshape(k * n, -1), block.y.reshape(k * n)).view(k, n)
-    return (block.weights * rows).sum(1) / block.total
+    return block.mean_loss(module.per_sample_loss, _scores(head, z))
 
 
 def _objective(objective: JointObjective, head: Head, theta: torch.Tensor) -> torch.Tensor:

@@ -113,6 +113,15 @@ def training_loss(module: nn.Module) -> Callable | None:
     return None
 
 
+def member_rows(per_sample_loss: Callable, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``per_sample_loss`` of every member's rows in one call: scores ``(K, N, ...)`` and
+    labels ``(K, N, ...)`` flattened to ``K * N`` rows, the losses back as ``(K, N)``
+    (a per-row loss does not depend on the other rows)."""
+    k, n = y.shape[:2]
+    flat = per_sample_loss(scores.reshape(k * n, *scores.shape[2:]), y.reshape(k * n, *y.shape[2:]))
+    return flat.view(k, n)
+
+
 def stacked_mean_loss(module: nn.Module) -> Callable | None:
     """``loss(scores (K, B, C), y (K, B)) -> (K,)`` of the package's own classifiers: their
     class-weighted mean per-row loss over every member's rows in one kernel call, which
@@ -132,8 +141,7 @@ def stacked_mean_loss(module: nn.Module) -> Callable | None:
         return None
 
     def loss(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        k, n = y.shape
-        rows = module.per_sample_loss(scores.reshape(k * n, -1), y.reshape(k * n)).view(k, n)
+        rows = member_rows(module.per_sample_loss, scores, y)
         if module.hparams.class_weight is None:
             return rows.mean(1)
         w = module.class_weights[y]
