@@ -19,7 +19,7 @@ from helpers import old_pool, small_mlp, tabular_dm
 import vtss_lightning.data.pool as pool_module
 from vtss_lightning import SyntheticAugmentationDataModule, VTSSCallback, VTSSError
 from vtss_lightning._random import pool_chunk_seed
-from vtss_lightning.data.pool import joined_rows, stack_rows, standalone, training_rows
+from vtss_lightning.data.row_layout import joined_rows, stack_rows, standalone, training_rows
 from vtss_lightning.generators import GaussianGenerator, JitterGenerator, SMOTEGenerator
 from vtss_lightning.models import TabularClassifier
 from vtss_lightning.search import SearchEngine

@@ -25,9 +25,9 @@ from vtss_lightning.data.pool import (
     SyntheticPool,
     check_sizes,
     ratio_to_sizes,
-    training_rows,
 )
 from vtss_lightning.data.preprocessing import IdentityPreprocessor, Preprocessor
+from vtss_lightning.data.row_layout import training_rows
 from vtss_lightning.data.schema import FeatureSchema
 from vtss_lightning.data.split import (
     PreparedSplit,

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from vtss_lightning.data.loaders import eval_batches
-from vtss_lightning.data.pool import standalone
+from vtss_lightning.data.row_layout import standalone
 from vtss_lightning.search.strategies.base import BaseScorer, state_key
 from vtss_lightning.search.strategies.settings import TrainerSettings
 

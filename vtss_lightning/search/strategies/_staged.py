@@ -23,7 +23,7 @@ import torch
 from vtss_lightning.data.datamodule import SyntheticAugmentationDataModule as VTSSDataModule
 from vtss_lightning.data.image import ImageDataModule
 from vtss_lightning.data.loaders import TensorBatches, eval_batches
-from vtss_lightning.data.pool import training_rows
+from vtss_lightning.data.row_layout import training_rows
 from vtss_lightning.search.strategies.base import state_key
 
 #: Share of the memory that stacked training may use by default (GPU: free memory;

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from vtss_lightning.data.pool import standalone
+from vtss_lightning.data.row_layout import standalone
 from vtss_lightning.errors import VTSSError
 from vtss_lightning.search.strategies._ray_trial import (
     STATE_FILE,
