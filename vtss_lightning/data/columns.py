@@ -5,7 +5,9 @@ numeric column is a clear error instead of a silent one-hot column, and every sp
 encodes each categorical column to the same width. A categorical column whose
 values are nearly all distinct (an ID) would add a one-hot column per row, so it is
 dropped (:func:`id_like_columns`); one with many levels keeps its most frequent
-ones in the training rows and pools the rest (``max_categories``).
+ones in the training rows and pools the rest (``max_categories``). Numeric columns
+are read as float64 blocks of columns (:func:`numeric_block`), a text column of
+numbers parsed, for the preprocessing's statistics and encoding.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ NUMERIC_SHARE = 0.8
 #: A categorical column with more than ``max_categories`` levels, that many levels
 #: being more than this share of its non-missing rows, is an ID: it is dropped.
 ID_SHARE = 0.5
+#: Values (rows x columns) of one float64 block of training columns when statistics are
+#: fitted: a small table's numeric columns are read and fitted at once (one estimator
+#: call, not one per column), a long one's a few columns at a time (32 MiB).
+FIT_BLOCK_VALUES = 1 << 22
 
 
 def column(frame: pd.DataFrame, name: str, rows: np.ndarray | None = None) -> pd.Series:
@@ -139,3 +145,59 @@ def category_layout(frame: pd.DataFrame, categorical: list[str]) -> list[list] |
     text = pd.DataFrame({c: as_text(frame[c]) for c in categorical})
     encoder = category_pipeline("auto").fit(text).named_steps["onehot"]
     return [list(cats) for cats in encoder.categories_]
+
+
+def numeric_values(frame: pd.DataFrame, col: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """Column ``col`` (of the rows at ``rows``) as float64, numbers read as text parsed
+    (a non-number is a ``VTSSError``), missing values as NaN."""
+    values = column(frame, col, rows)
+    if not pd.api.types.is_numeric_dtype(values):  # numbers read as text
+        check_numbers(values, col, share=0.0)
+        values = pd.to_numeric(values, errors="coerce")
+    return values.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def numeric_block(
+    frame: pd.DataFrame, cols: list[str], rows: np.ndarray | None = None, strict: bool = True
+) -> np.ndarray:
+    """Columns ``cols`` (of the rows at ``rows``) as one float64 matrix of its own,
+    missing values as NaN.
+
+    The rows are taken once for all the columns (one pandas selection, not one per
+    column); numbers read as text are parsed, a non-number being a ``VTSSError``
+    (``strict``) or NaN. The matrix is column-major, so every column is reduced
+    exactly as it would be on its own.
+    """
+    if rows is not None:
+        source = frame.iloc[rows, frame.columns.get_indexer(cols)]
+    elif list(frame.columns) == list(cols):
+        source = frame
+    else:  # a row block: its numeric columns in one selection
+        source = frame.iloc[:, frame.columns.get_indexer(cols)]
+    out = np.empty((len(source), len(cols)), dtype=np.float64, order="F")
+    plain = [isinstance(t, np.dtype) and t.kind in "iuf" for t in source.dtypes]
+    if all(plain):  # numpy numbers only: one conversion
+        out[:] = source.to_numpy(dtype=np.float64)
+        return out
+    for j, col in enumerate(cols):
+        values = source.iloc[:, j]
+        if pd.api.types.is_numeric_dtype(values):
+            out[:, j] = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        elif strict:
+            out[:, j] = numeric_values(source, col)
+        else:
+            values = pd.to_numeric(values, errors="coerce")
+            out[:, j] = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    return out
+
+
+def column_groups(cols: list[str], n_rows: int) -> list[list[str]]:
+    """``cols`` in consecutive groups of at most :data:`FIT_BLOCK_VALUES` values over
+    ``n_rows`` rows (at least one column each)."""
+    size = max(1, FIT_BLOCK_VALUES // max(n_rows, 1))
+    return [cols[i : i + size] for i in range(0, len(cols), size)]
+
+
+def raise_inf(name: str) -> None:
+    """±inf cannot be imputed (only NaN is) and would give NaN once scaled."""
+    raise VTSSError(f"column {name!r} contains ±inf values; replace them or drop the rows")

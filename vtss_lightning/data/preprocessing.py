@@ -17,7 +17,15 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from vtss_lightning.data.columns import as_text, category_pipeline, check_numbers, column
+from vtss_lightning.data.columns import (
+    as_text,
+    category_pipeline,
+    column,
+    column_groups,
+    numeric_block,
+    numeric_values,
+    raise_inf,
+)
 from vtss_lightning.data.features import FLOAT32_MAX, Features, check_float32, extreme
 from vtss_lightning.data.schema import FeatureSchema
 from vtss_lightning.errors import VTSSError
@@ -126,66 +134,6 @@ Rows = np.ndarray | None
 #: Rows encoded at a time: a transform's float64 temporaries are this many rows whatever
 #: the table's length; what it keeps is the one float32 matrix it fills.
 ENCODE_CHUNK_ROWS = 1 << 16
-#: Values (rows x columns) of one float64 block of training columns when statistics are
-#: fitted: a small table's numeric columns are read and fitted at once (one estimator
-#: call, not one per column), a long one's a few columns at a time (32 MiB).
-FIT_BLOCK_VALUES = 1 << 22
-
-
-def numeric_values(frame: pd.DataFrame, col: str, rows: Rows = None) -> np.ndarray:
-    """Column ``col`` (of the rows at ``rows``) as float64, numbers read as text parsed
-    (a non-number is a ``VTSSError``), missing values as NaN."""
-    values = column(frame, col, rows)
-    if not pd.api.types.is_numeric_dtype(values):  # numbers read as text
-        check_numbers(values, col, share=0.0)
-        values = pd.to_numeric(values, errors="coerce")
-    return values.to_numpy(dtype=np.float64, na_value=np.nan)
-
-
-def numeric_block(
-    frame: pd.DataFrame, cols: list[str], rows: Rows = None, strict: bool = True
-) -> np.ndarray:
-    """Columns ``cols`` (of the rows at ``rows``) as one float64 matrix of its own,
-    missing values as NaN.
-
-    The rows are taken once for all the columns (one pandas selection, not one per
-    column); numbers read as text are parsed, a non-number being a ``VTSSError``
-    (``strict``) or NaN. The matrix is column-major, so every column is reduced
-    exactly as it would be on its own.
-    """
-    if rows is not None:
-        source = frame.iloc[rows, frame.columns.get_indexer(cols)]
-    elif list(frame.columns) == list(cols):
-        source = frame
-    else:  # a row block: its numeric columns in one selection
-        source = frame.iloc[:, frame.columns.get_indexer(cols)]
-    out = np.empty((len(source), len(cols)), dtype=np.float64, order="F")
-    plain = [isinstance(t, np.dtype) and t.kind in "iuf" for t in source.dtypes]
-    if all(plain):  # numpy numbers only: one conversion
-        out[:] = source.to_numpy(dtype=np.float64)
-        return out
-    for j, col in enumerate(cols):
-        values = source.iloc[:, j]
-        if pd.api.types.is_numeric_dtype(values):
-            out[:, j] = values.to_numpy(dtype=np.float64, na_value=np.nan)
-        elif strict:
-            out[:, j] = numeric_values(source, col)
-        else:
-            values = pd.to_numeric(values, errors="coerce")
-            out[:, j] = values.to_numpy(dtype=np.float64, na_value=np.nan)
-    return out
-
-
-def column_groups(cols: list[str], n_rows: int) -> list[list[str]]:
-    """``cols`` in consecutive groups of at most :data:`FIT_BLOCK_VALUES` values over
-    ``n_rows`` rows (at least one column each)."""
-    size = max(1, FIT_BLOCK_VALUES // max(n_rows, 1))
-    return [cols[i : i + size] for i in range(0, len(cols), size)]
-
-
-def raise_inf(name: str) -> None:
-    """±inf cannot be imputed (only NaN is) and would give NaN once scaled."""
-    raise VTSSError(f"column {name!r} contains ±inf values; replace them or drop the rows")
 
 
 def row_chunks(frame: pd.DataFrame, rows: Rows = None) -> Iterator[tuple[int, pd.DataFrame]]:
@@ -211,7 +159,8 @@ class TabularPreprocessor:
     medians, scales or category lists. Unknown categories at transform time encode as
     all-zero blocks instead of failing.
 
-    Statistics are fitted on blocks of columns of at most :data:`FIT_BLOCK_VALUES`
+    Statistics are fitted on blocks of columns of at most
+    :data:`~vtss_lightning.data.columns.FIT_BLOCK_VALUES`
     values (scikit-learn's median imputer and standard scaler; a small table's numeric
     columns in one block) and rows are encoded in blocks of :data:`ENCODE_CHUNK_ROWS`
     straight into one float32 matrix, so no float64 copy of the whole table is ever
